@@ -1,0 +1,35 @@
+# babelora: the two set-up commands in the README are `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+PYTEST_ARGS ?= -q
+
+.PHONY: install system-deps test test-all lint style demo bench clean
+
+system-deps:  ## espeak-ng speaks the offline corpus
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+
+install: system-deps  ## torch first (the CPU wheel on disk), then babelora with its extras
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[offline,dev]"
+
+test: install  ## lint + the full test suite (minutes, CPU only, offline)
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow"
+
+style:
+	$(PYTHON) -m ruff check --fix src tests bench
+	$(PYTHON) -m ruff format src tests bench
+
+demo: install  ## the whole pipeline on the embedded default, offline
+	bash scripts/demo.sh
+
+bench: install
+	$(PYTHON) bench/decode_speed.py
+
+clean:
+	rm -rf runs outputs bench/work .pytest_cache .ruff_cache

@@ -1,0 +1,6 @@
+"""babelora: multilingual speech recognition and translation with parameter-efficient language experts."""
+
+from babelora.errors import BabeloraError
+
+__version__ = "0.1.0"
+__all__ = ["BabeloraError", "__version__"]

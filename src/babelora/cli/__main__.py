@@ -1,0 +1,5 @@
+import sys
+
+from babelora.cli.main import main
+
+sys.exit(main())

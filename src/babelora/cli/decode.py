@@ -1,0 +1,188 @@
+"""`babelora transcribe`, `babelora translate`, `babelora evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from babelora.data.manifest import read_manifest
+from babelora.decode.runner import Request, RunnerOptions, decode_requests, write_results
+from babelora.decode.search import DecodeOptions
+from babelora.errors import BabeloraError, ManifestError
+from babelora.languages import check_lang
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF id, transformers or CTranslate2 folder (default: offline Whisper tiny.en)",
+    )
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder to apply")
+    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-seconds", type=float, default=120.0, help="audio seconds per batch")
+    p.add_argument("--pad-to-30s", action="store_true", help="exact original Whisper input")
+    p.add_argument(
+        "--min-input-seconds",
+        type=float,
+        default=RunnerOptions.min_input_seconds,
+        help="pad shorter batches with silence to this length (see BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--prompt-style",
+        choices=["multilingual", "english"],
+        default=None,
+        help="decoder prompt (default: english for *.en models, else multilingual)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow pickle weights (.bin/.pt), loaded with weights_only=True",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from babelora.models.whisper import load_whisper
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    handle = load_whisper(
+        args.model,
+        device=args.device,
+        prompt_style=args.prompt_style,
+        allow_pickle=args.allow_pickle,
+    )
+    if args.adapter:
+        from babelora.models.adapter_loading import apply_peft_adapter
+
+        apply_peft_adapter(handle, args.adapter)
+    return handle
+
+
+def _options(args: argparse.Namespace) -> tuple[DecodeOptions, RunnerOptions]:
+    if args.beam_size < 1:
+        raise BabeloraError(f"--beam-size must be >= 1, got {args.beam_size}")
+    return (
+        DecodeOptions(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens),
+        RunnerOptions(
+            batch_seconds=args.batch_seconds,
+            pad_to_30s=args.pad_to_30s,
+            min_input_seconds=args.min_input_seconds,
+            show_progress=not args.no_progress,
+        ),
+    )
+
+
+def _report(results, out: str | None) -> int:
+    """Print hypotheses (or write JSONL) and a failure summary; exit 1 if any item failed."""
+    if out:
+        write_results(results, out)
+        print(f"wrote {len(results)} results to {out}", file=sys.stderr)
+    else:
+        for res in results:
+            if res.error is None:
+                print(f"{res.id}\t{res.hypothesis}")
+    failed = [r for r in results if r.error]
+    for res in failed:
+        print(f"error: {res.error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(results)} items failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _files_cmd(args: argparse.Namespace, task: str) -> int:
+    lang = check_lang(args.language)
+    target = check_lang(args.to) if task == "st" else None
+    handle = _load(args)
+    reqs = [
+        Request(
+            id=Path(f).name if args.short_ids else str(f),
+            audio_filepath=str(f),
+            lang=lang,
+            task=task,
+            target_lang=target,
+        )
+        for f in args.files
+    ]
+    dopts, ropts = _options(args)
+    return _report(decode_requests(handle, reqs, dopts, ropts), args.out)
+
+
+def transcribe(args: argparse.Namespace) -> int:
+    return _files_cmd(args, "asr")
+
+
+def translate(args: argparse.Namespace) -> int:
+    return _files_cmd(args, "st")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    errors: list[ManifestError] = []
+    utts = read_manifest(args.manifest, errors=errors)
+    for err in errors:
+        print(f"skipped: {err}", file=sys.stderr)
+    if args.langs:
+        keep = {check_lang(x) for x in args.langs.split(",")}
+        utts = [u for u in utts if u.lang in keep]
+    if args.task:
+        utts = [u for u in utts if u.task == args.task]
+    if args.limit:
+        utts = utts[: args.limit]
+    if not utts:
+        raise BabeloraError(f"{args.manifest}: no utterances to evaluate")
+    handle = _load(args)
+    reqs = [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
+    dopts, ropts = _options(args)
+    results = decode_requests(handle, reqs, dopts, ropts)
+    out = Path(args.out)
+    write_results(results, out / "hypotheses.jsonl")
+    from babelora.evaluate.report import score_results, write_report
+
+    report = score_results(utts, [r.to_json() for r in results])
+    report.setdefault("meta", {}).update(
+        model=handle.name,
+        beam_size=args.beam_size,
+        manifest=str(args.manifest),
+        lang_source="given",
+    )
+    write_report(report, out / "report.json", out / "report.md")
+    print((out / "report.md").read_text(encoding="utf-8"))
+    failed = [r for r in results if r.error]
+    for res in failed:
+        print(f"error: {res.error}", file=sys.stderr)
+    if failed or errors:
+        print(f"{len(failed)} audio failures, {len(errors)} bad manifest lines", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for name, func, help_text in (
+        ("transcribe", transcribe, "speech to text in the same language"),
+        ("translate", translate, "speech to text in another language"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("files", nargs="+", help="audio files (any rate, mono or stereo)")
+        p.add_argument("--language", "-l", default="en", help="spoken language (ISO 639-1)")
+        if name == "translate":
+            p.add_argument("--to", default="en", help="target language (default en)")
+        p.add_argument("--out", "-o", default=None, help="write JSONL results here")
+        p.add_argument("--short-ids", action="store_true", help="use file names as ids")
+        _add_model_args(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("evaluate", help="decode a manifest and score it per language")
+    p.add_argument("--manifest", "-m", required=True)
+    p.add_argument("--out", "-o", default="runs/evaluate", help="folder for hypotheses + report")
+    p.add_argument("--langs", default=None, help="only these languages (comma list)")
+    p.add_argument("--task", choices=["asr", "st"], default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    _add_model_args(p)
+    p.set_defaults(func=evaluate)

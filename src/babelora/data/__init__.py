@@ -1,0 +1,1 @@
+"""Data: manifests, audio I/O and features, the offline corpus, importers, batching."""

@@ -1,0 +1,32 @@
+"""Apply a PEFT LoRA adapter folder to a loaded Whisper for decoding (merged for speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from babelora.errors import ModelLoadError
+
+
+def apply_peft_adapter(handle, adapter_dir: str | Path, merge: bool = True):
+    """Load a PEFT adapter (adapter_config.json + adapter_model.safetensors) into `handle.model`.
+
+    The update is merged into the base weights (zero decoding overhead) unless `merge` is False.
+    Raises ModelLoadError when the folder is not a safetensors PEFT adapter or does not fit.
+    """
+    from peft import PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(f"{path}: adapter weights must be adapter_model.safetensors")
+    try:
+        json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        model = PeftModel.from_pretrained(handle.model, str(path))
+    except (ValueError, RuntimeError, KeyError, json.JSONDecodeError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path}: adapter does not fit model {handle.name} ({msg})") from None
+    handle.model = model.merge_and_unload() if merge else model
+    handle.model.eval()
+    return handle

@@ -1,0 +1,54 @@
+"""End-to-end: `babelora transcribe / translate / evaluate` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import needs_espeak, speak
+
+from babelora.cli.main import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "babelora.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@needs_espeak
+def test_transcribe_prints_the_right_words(tmp_path):
+    wav = speak("Please correct the error below.", tmp_path / "a.wav")
+    proc = run_cli("transcribe", str(wav), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "Please correct the error below." in proc.stdout
+
+
+def test_transcribe_missing_file_is_one_line_error(tmp_path, tone_wav, capsys):
+    good = tone_wav(0.5)
+    code = main(
+        [
+            "transcribe",
+            str(good),
+            str(tmp_path / "missing.wav"),
+            "--no-progress",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "missing.wav: audio file not found" in err and "1 of 2 items failed" in err
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert rows[0]["error"] is None if "error" in rows[0] else True
+    assert "error" in rows[1]
+
+
+def test_bad_language_and_model(tmp_path, tone_wav, capsys):
+    assert main(["transcribe", str(tone_wav(0.5)), "--language", "xx"]) == 2
+    assert "unknown language code 'xx'" in capsys.readouterr().err
+    assert main(["translate", str(tone_wav(0.5)), "--model", str(tmp_path / "nomodel")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random Whisper, the real tiny.en (session-cached), speech files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/reference importable
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_handle():
+    """A tiny random-weight Whisper with the tiny.en tokenizer (shared: do not modify)."""
+    from babelora.models.whisper import tiny_random_whisper
+
+    return tiny_random_whisper(seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_handle():
+    """The offline default Whisper tiny.en (shared: do not modify)."""
+    from babelora.models.whisper import load_whisper
+
+    return load_whisper()
+
+
+def espeak_available() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
+
+
+def speak(text: str, path: Path, voice: str = "en-us") -> Path:
+    """Synthesize `text` with espeak-ng into a WAV file (22.05 kHz as espeak writes it)."""
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
+    return path
+
+
+@pytest.fixture
+def tone_wav(tmp_path):
+    """Factory: write a short sine/noise WAV and return its path."""
+    import soundfile as sf
+
+    def make(seconds: float = 1.0, sr: int = 16000, channels: int = 1, name: str = "a.wav"):
+        rng = np.random.default_rng(0)
+        t = np.arange(int(seconds * sr)) / sr
+        wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.size)
+        data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+        path = tmp_path / name
+        sf.write(str(path), data.astype(np.float32), sr)
+        return path
+
+    return make
