@@ -52,3 +52,47 @@ def test_bad_language_and_model(tmp_path, tone_wav, capsys):
     assert "unknown language code 'xx'" in capsys.readouterr().err
     assert main(["translate", str(tone_wav(0.5)), "--model", str(tmp_path / "nomodel")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@needs_espeak
+def test_evaluate_writes_per_language_report(tmp_path):
+    rows = []
+    for i, (lang, voice, text) in enumerate(
+        [
+            ("en", "en-us", "Please correct the error below."),
+            ("en", "en-us", "This field is required."),
+            ("de", "de", "Guten Morgen."),
+        ]
+    ):
+        speak(text, tmp_path / f"{i}.wav", voice)
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio_filepath": f"{i}.wav",
+                "duration": 2.0,
+                "lang": lang,
+                "text": text,
+            }
+        )
+    rows.append(
+        {
+            "id": "st0",
+            "audio_filepath": "2.wav",
+            "duration": 2.0,
+            "lang": "de",
+            "task": "st",
+            "text": "Guten Morgen.",
+            "translation": "Good morning.",
+            "target_lang": "en",
+        }
+    )
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "eval"
+    proc = run_cli("evaluate", "--manifest", str(manifest), "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    text = json.dumps(report).lower()
+    assert "bleu" in text and "\"de\"" in text and "\"en\"" in text
+    assert (out / "hypotheses.jsonl").read_text().count("\n") == 4
+    assert "given" in text

@@ -1,0 +1,84 @@
+"""Hypotheses files: JSONL, one decoded utterance a line, matched to a manifest by `id`.
+
+A line is `{"id", "hypothesis", "lang_used"?, "lang_source"?}`: `lang_used` (or `lang`, as
+`babelora.decode.runner` writes it) is the language the decoder put in the prompt, `lang_source`
+says whether that language was `given` (oracle) or `predicted` (LID). NeMo's `pred_text` and the
+short `hyp` are accepted for `hypothesis`. A line with an `error` records a failed utterance: it
+is scored as an empty output and counted as failed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from babelora.errors import LanguageError, ManifestError
+from babelora.languages import check_lang
+
+LANG_SOURCES = ("given", "predicted")
+HYP_ALIASES = ("hypothesis", "hyp", "pred_text")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One system output."""
+
+    id: str
+    hypothesis: str
+    lang_used: str | None = None
+    lang_source: str | None = None  # "given" | "predicted" | None (not said)
+    error: str | None = None  # why decoding failed (then `hypothesis` is "")
+
+
+def parse_hypothesis(row: Any, where: str) -> Hypothesis:
+    """Validate one decoded JSON object; `where` names the file and line in errors."""
+    if isinstance(row, Hypothesis):
+        return row
+    if not isinstance(row, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    uid = row.get("id")
+    if isinstance(uid, bool) or not isinstance(uid, (str, int)) or not str(uid).strip():
+        raise ManifestError(f"{where}: field 'id' is missing or not a non-empty string")
+    key = next((k for k in HYP_ALIASES if k in row), None)
+    error = row.get("error")
+    if key is None and error is None:
+        raise ManifestError(f"{where}: field 'hypothesis' is missing")
+    text = row.get(key, "") if key else ""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise ManifestError(f"{where}: field '{key}' must be a string, got {type(text).__name__}")
+    lang_used = row.get("lang_used", row.get("lang")) or None
+    if lang_used is not None:
+        try:
+            lang_used = check_lang(lang_used)
+        except LanguageError as err:
+            raise ManifestError(f"{where}: field 'lang_used': {err}") from None
+    source = row.get("lang_source")
+    if source is not None and source not in LANG_SOURCES:
+        raise ManifestError(f"{where}: field 'lang_source' must be one of {LANG_SOURCES}")
+    return Hypothesis(str(uid), text, lang_used, source, None if error is None else str(error))
+
+
+def read_hypotheses(path: str | Path) -> dict[str, Hypothesis]:
+    """Read a hypotheses JSONL into {id: Hypothesis}; ManifestError names file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: hypotheses file not found")
+    out: dict[str, Hypothesis] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{where}: not valid JSON ({err.msg})") from None
+            hyp = parse_hypothesis(row, where)
+            if hyp.id in out:
+                raise ManifestError(f"{where}: field 'id' {hyp.id!r} is a duplicate")
+            out[hyp.id] = hyp
+    return out

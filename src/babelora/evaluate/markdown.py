@@ -1,0 +1,119 @@
+"""Markdown rendering of a scoring Report (tables for ASR and ST, averages, signatures)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from babelora.evaluate.report import Report, Row
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _confusion(row: Row) -> str:
+    if row.confusion is None:
+        return "-"
+    top = ", ".join(f"{k}:{v}" for k, v in list(row.wrong_langs.items())[:3])
+    return f"{row.confusion:.1f} ({row.lid_wrong}/{row.lid_judged}{'; ' + top if top else ''})"
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def _asr(rows: list[Row], avg: dict[str, Any]) -> list[str]:
+    header = ["lang", "n", "metric", "score", "ortho", "normalizer", "confusion %", "lang source"]
+    lines = [
+        [
+            r.lang,
+            str(r.n),
+            r.metric.upper(),
+            _num(r.score),
+            _num(r.ortho),
+            r.normalizer or "-",
+            _confusion(r),
+            r.lang_source,
+        ]
+        for r in rows
+    ]
+    lines.append(
+        [
+            "**macro avg**",
+            str(avg["n"]),
+            "WER/CER",
+            _num(avg["error_rate"]),
+            _num(avg["ortho_error_rate"]),
+            "",
+            "",
+            "",
+        ]
+    )
+    out = ["## ASR", ""] + _table(header, lines)
+    out += [
+        "",
+        f"Macro average WER {_num(avg['wer'])}, CER {_num(avg['cer'])} over "
+        f"{avg['languages']} languages (WER/CER column: each row's own metric).",
+    ]
+    return out
+
+
+def _st(rows: list[Row], avg: dict[str, Any]) -> list[str]:
+    header = ["direction", "n", "BLEU", "chrF", "chrF++", "confusion %", "lang source"]
+    lines = [
+        [
+            r.name,
+            str(r.n),
+            _num(r.score),
+            _num(r.chrf),
+            _num(r.chrf_pp),
+            _confusion(r),
+            r.lang_source,
+        ]
+        for r in rows
+    ]
+    lines.append(
+        [
+            "**macro avg**",
+            str(avg["n"]),
+            _num(avg["bleu"]),
+            _num(avg["chrf"]),
+            _num(avg["chrf_pp"]),
+            "",
+            "",
+        ]
+    )
+    out = ["## ST", ""] + _table(header, lines) + ["", "sacreBLEU signatures:", ""]
+    out += [f"- {r.name}: BLEU `{r.bleu_signature}`; chrF++ `{r.chrf_signature}`" for r in rows]
+    return out
+
+
+def report_markdown(report: Report) -> str:
+    """The whole report as Markdown."""
+    asr = [r for r in report.rows if r.task == "asr"]
+    st = [r for r in report.rows if r.task == "st"]
+    out: list[str] = ["# babelora scores", ""]
+    if report.meta:
+        out += ["Run: " + ", ".join(f"{k}={v}" for k, v in report.meta.items()), ""]
+    if asr:
+        out += _asr(asr, report.averages["asr"]) + [""]
+    if st:
+        out += _st(st, report.averages["st"]) + [""]
+    lc = report.averages["language_confusion"]
+    out.append(
+        f"Language confusion: {_num(lc['micro'])} % of {lc['judged']} judged outputs "
+        f"(macro {_num(lc['macro'])} %); outputs under {report.settings['lid_min_letters']} "
+        "letters are not judged."
+    )
+    c = report.counts
+    out.append(
+        f"Counts: {c['references']} references, {c['hypotheses']} hypotheses, {c['scored']} "
+        f"scored, {c['missing']} missing, {c['extra']} extra, {c['failed']} failed."
+    )
+    used = [r for r in report.rows if r.lang_used_accuracy is not None]
+    if used:
+        acc = ", ".join(f"{r.name} {r.lang_used_accuracy:.1f}" for r in used)
+        out.append(f"Prompt language = source language (%): {acc}.")
+    return "\n".join(out) + "\n"
