@@ -1,0 +1,336 @@
+"""`build_corpus(cfg, out)`: text pairs -> splits -> clip jobs -> audio -> manifests + card.
+
+Layout of `out` (see the dataset card):
+    train.jsonl dev.jsonl test.jsonl           ASR X, ASR en, ST X->en, ST en->X
+    train_cs.jsonl dev_cs.jsonl test_cs.jsonl  code-switched speech (ST -> en, and ASR)
+    <split>_noisy.jsonl                        noisy copies (only with cfg.noise)
+    audio/speech/<lang>/*.wav, audio/cs/<lang>/*.{wav,json}, audio/noisy/<lang>/*.wav
+    README.md (dataset card), card.json (its numbers), config.yaml (resolved config)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from babelora.config import dump_config
+from babelora.data.corpus.card import corpus_stats, render_card, write_card
+from babelora.data.corpus.codeswitch import CodeSwitchItem, make_items
+from babelora.data.corpus.config import CorpusConfig
+from babelora.data.corpus.espeak import (
+    VoiceSettings,
+    espeak_binary,
+    installed_variants,
+    speech_languages,
+    voices_for,
+)
+from babelora.data.corpus.render import (
+    TMP_MARK,
+    ClipInfo,
+    ClipJob,
+    NoiseSpec,
+    clip_name,
+    render_all,
+)
+from babelora.data.corpus.splits import SPLITS, sample_pairs, split_pairs
+from babelora.data.corpus.text_sources import TextPair, norm, text_languages, text_pairs
+from babelora.data.manifest import Segment, Utterance, read_manifest, write_manifest
+from babelora.errors import LanguageError
+from babelora.languages import check_lang
+
+log = logging.getLogger(__name__)
+CORPUS = "babelora-espeak"
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifests: dict[str, Path]
+    stats: dict[str, Any]
+    seconds: float
+    rendered: int = 0
+    reused: int = 0
+    removed: list[str] = field(default_factory=list)
+
+
+def available_languages() -> tuple[str, ...]:
+    """Languages the corpus can be built for: espeak-ng speaks them and Django translates them."""
+    speech = set(speech_languages())
+    return tuple(sorted(c for c in text_languages() if c in speech))
+
+
+def resolve_langs(langs: tuple[str, ...]) -> tuple[str, ...]:
+    """Validate requested languages (English is implicit); LanguageError says what is missing
+    (a Whisper code, translated text or an espeak-ng voice) and lists the available languages."""
+    espeak_binary()
+    out: list[str] = []
+    for code in langs:
+        why = ""
+        try:
+            lang = check_lang(code)
+        except LanguageError:
+            lang, why = None, "is not a Whisper language code"
+        if lang is not None and lang != "en":
+            if lang not in text_languages():
+                why = "has no translations in Django's catalogs"
+            elif not voices_for(lang):
+                why = "has no espeak-ng voice"
+        if lang is None or why:
+            raise LanguageError(
+                f"cannot build a corpus for language {code!r}: it {why}; available: "
+                + ", ".join(available_languages())
+            )
+        if lang != "en" and lang not in out:
+            out.append(lang)
+    if not out:
+        raise LanguageError("no language besides English was asked for; e.g. --langs de,fr")
+    return tuple(out)
+
+
+def speaker(cfg: CorpusConfig, lang: str, key: str) -> VoiceSettings:
+    """The speaker of one clip, drawn from a RNG seeded by (seed, lang, key) alone, so it does not
+    depend on build order, other languages or the number of worker processes."""
+    rng = random.Random(f"{cfg.seed}:speaker:{lang}:{key}")
+    voices = voices_for(lang)
+    voice = rng.choice(voices) if cfg.accents else voices[0]
+    variants = [v for v in cfg.variants if v in installed_variants()] or ["m1"]
+    return VoiceSettings(
+        voice, rng.choice(variants), rng.randint(*cfg.rate), rng.randint(*cfg.pitch)
+    )
+
+
+def _short(*parts: str) -> str:
+    return hashlib.sha1("\x00".join(parts).encode()).hexdigest()[:10]
+
+
+class _Plan:
+    """Clip jobs plus manifest rows waiting for their clips' durations."""
+
+    def __init__(self, cfg: CorpusConfig) -> None:
+        self.cfg = cfg
+        self.jobs: dict[str, ClipJob] = {}
+        names = [*SPLITS, *(f"{s}_cs" for s in SPLITS)]
+        names += [f"{s}_noisy" for s in cfg.noise_splits] if cfg.noise else []
+        self.rows: dict[str, list[tuple[dict[str, Any], str]]] = {n: [] for n in names}
+        self.speech: dict[str, dict[str, Any]] = {}
+
+    def clip(self, lang: str, text: str) -> str:
+        settings = speaker(self.cfg, lang, text)
+        path = clip_name("speech", lang, {"text": text, **settings.__dict__})
+        if path not in self.jobs:
+            self.jobs[path] = ClipJob(path, ((lang, text),), settings)
+            self.speech[path] = settings.to_dict()
+        return path
+
+    def cs_clip(self, item: CodeSwitchItem) -> str:
+        settings = speaker(self.cfg, item.lang, "cs:" + item.text)
+        langs = sorted({lg for lg, _ in item.spans})
+        voices = tuple(
+            (lg, settings.voice if lg == item.lang else self._voice(lg, item)) for lg in langs
+        )
+        payload = {"spans": item.spans, "voices": voices, "pause": self.cfg.cs_pause}
+        path = clip_name("cs", item.lang, {**payload, **settings.__dict__})
+        if path not in self.jobs:
+            self.jobs[path] = ClipJob(
+                path, item.spans, settings, voices=voices, pause=self.cfg.cs_pause
+            )
+            self.speech[path] = {**settings.to_dict(), "voices": dict(voices)}
+        return path
+
+    def _voice(self, lang: str, item: CodeSwitchItem) -> str:
+        rng = random.Random(f"{self.cfg.seed}:accent:{lang}:{item.text}")
+        voices = voices_for(lang)
+        return rng.choice(voices) if self.cfg.accents else voices[0]
+
+    def add(self, manifest: str, row: dict[str, Any], path: str) -> None:
+        self.rows.setdefault(manifest, []).append((row, path))
+
+
+def _pair_rows(plan: _Plan, split: str, lang: str, pairs: list[TextPair]) -> None:
+    for p in pairs:
+        x_clip, en_clip = plan.clip(lang, p.text), plan.clip("en", p.en)
+        text_src = {"corpus": CORPUS, "pair": p.key, "text": p.source}
+        base = {"lang": lang, "text": p.text, "source": text_src}
+        plan.add(split, {"id": f"{split}-{lang}-asr-{p.key}", "task": "asr", **base}, x_clip)
+        st = {"task": "st", "translation": p.en, "target_lang": "en"}
+        plan.add(split, {"id": f"{split}-{lang}-en-st-{p.key}", **base, **st}, x_clip)
+        row = {"id": f"{split}-en-{lang}-st-{p.key}", "lang": "en", "task": "st", "text": p.en}
+        row.update(translation=p.text, target_lang=lang, source=text_src)
+        plan.add(split, row, en_clip)
+
+
+def _english_asr(plan: _Plan, split: str, chosen: dict[str, list[TextPair]], n: int) -> None:
+    seen: dict[str, TextPair] = {}
+    for lang in sorted(chosen):
+        for p in sorted(chosen[lang], key=lambda p: p.key):
+            seen.setdefault(norm(p.en), p)
+    keys = sorted(seen)
+    random.Random(f"{plan.cfg.seed}:{split}:en-asr").shuffle(keys)
+    for k in sorted(keys[:n]):
+        p = seen[k]
+        row = {"id": f"{split}-en-asr-{_short(p.en)}", "lang": "en", "task": "asr", "text": p.en}
+        row["source"] = {"corpus": CORPUS, "pair": p.key, "text": p.source}
+        plan.add(split, row, plan.clip("en", p.en))
+
+
+def _cs_rows(plan: _Plan, split: str, lang: str, items: list[CodeSwitchItem]) -> None:
+    name = f"{split}_cs"
+    for item in items:
+        path = plan.cs_clip(item)
+        key = _short(item.text, item.translation)
+        src = {"corpus": CORPUS, "text": item.source()}
+        base = {"lang": lang, "text": item.text, "source": src}
+        st = {"task": "st", "translation": item.translation, "target_lang": "en"}
+        plan.add(name, {"id": f"{split}-cs-{lang}-st-{key}", **base, **st}, path)
+        plan.add(name, {"id": f"{split}-cs-{lang}-asr-{key}", "task": "asr", **base}, path)
+
+
+def _noise_rows(plan: _Plan, split: str) -> None:
+    cfg = plan.cfg
+    clips = sorted({path for _, path in plan.rows.get(split, [])})
+    noisy: dict[str, str] = {}
+    for path in clips:
+        rng = random.Random(f"{cfg.seed}:noise:{path}")
+        kind = rng.choice(sorted(cfg.noise))
+        snr = round(rng.uniform(*cfg.snr), 1)
+        others = [c for c in clips if c != path]
+        talkers = (
+            tuple(rng.sample(others, min(cfg.babble_talkers, len(others))))
+            if kind == "babble"
+            else ()
+        )
+        spec = NoiseSpec(path, kind, snr, rng.randrange(2**32), talkers)
+        lang = plan.jobs[path].spans[0][0]
+        out = clip_name("noisy", lang, spec.__dict__)
+        plan.jobs[out] = ClipJob(out, noise=spec)
+        plan.speech[out] = {
+            **plan.speech[path],
+            "noise": {"type": kind, "snr_db": snr, "talkers": list(talkers)},
+        }
+        noisy[path] = out
+    for row, path in list(plan.rows.get(split, [])):
+        plan.add(f"{split}_noisy", {**row, "id": row["id"] + "-noisy"}, noisy[path])
+
+
+def plan_corpus(cfg: CorpusConfig) -> _Plan:
+    """Every clip job and manifest row of the corpus (no audio made yet)."""
+    langs = resolve_langs(cfg.langs)
+    pairs = {lang: text_pairs(lang) for lang in langs}
+    by_split = split_pairs(pairs, cfg.seed, cfg.split_fractions)
+    plan = _Plan(cfg)
+    for split in SPLITS:
+        chosen = {}
+        for lang in langs:
+            rng = random.Random(f"{cfg.seed}:{split}:{lang}:pairs")
+            chosen[lang] = sample_pairs(
+                by_split[split][lang], cfg.pairs(split), cfg.source_weights, rng
+            )
+            if len(chosen[lang]) < cfg.pairs(split):
+                log.warning(
+                    "%s/%s: only %d of %d pairs available",
+                    split,
+                    lang,
+                    len(chosen[lang]),
+                    cfg.pairs(split),
+                )
+            _pair_rows(plan, split, lang, chosen[lang])
+        _english_asr(
+            plan, split, chosen, cfg.en_asr if cfg.en_asr is not None else cfg.pairs(split)
+        )
+        for lang in langs:
+            rng = random.Random(f"{cfg.seed}:{split}:{lang}:cs")
+            others = {y: by_split[split][y] for y in langs if y != lang}
+            _cs_rows(
+                plan,
+                split,
+                lang,
+                make_items(lang, by_split[split][lang], others, cfg.cs_items(split), rng),
+            )
+    if cfg.noise:
+        for split in cfg.noise_splits:
+            _noise_rows(plan, split)
+    return plan
+
+
+def _utterances(plan: _Plan, infos: dict[str, ClipInfo], out: Path, name: str) -> list[Utterance]:
+    utts = []
+    for row, path in plan.rows.get(name, []):
+        info = infos[path]
+        row = dict(row)
+        row["source"] = {**row["source"], "speech": plan.speech[path]}
+        segments = None
+        if info.segments is not None:
+            segments = [Segment(s["start"], s["end"], s["lang"]) for s in info.segments]
+        utts.append(
+            Utterance(
+                audio_filepath=str(out / path),
+                duration=round(info.duration, 4),
+                segments=segments,
+                **row,
+            )
+        )
+    return utts
+
+
+def _remove_orphans(out: Path, keep: set[str]) -> list[str]:
+    """Delete audio files of an earlier, different build and temporary files of a killed one."""
+    removed = []
+    audio = out / "audio"
+    if not audio.is_dir():
+        return removed
+    for path in sorted(audio.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if (
+            path.is_file()
+            and path.suffix in (".wav", ".json")
+            and (rel not in keep or TMP_MARK in path.name)
+        ):
+            path.unlink()
+            removed.append(rel)
+    return removed
+
+
+def build_corpus(
+    cfg: CorpusConfig,
+    out: str | Path,
+    jobs: int = 2,
+    progress: bool = False,
+    command: str | None = None,
+) -> BuildResult:
+    """Build (or finish building) the corpus in `out`; see the module docstring for the layout."""
+    start = time.perf_counter()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_corpus(cfg)
+    todo = list(plan.jobs.values())
+    first = [j for j in todo if j.noise is None]
+    second = [j for j in todo if j.noise is not None]
+    reused = sum(1 for j in todo if (out / j.path).is_file())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="corpus audio", unit="clip")
+    tick = bar.update if bar is not None else None
+    infos = render_all(first, out, jobs, tick)
+    infos.update(render_all(second, out, jobs, tick))
+    if bar is not None:
+        bar.close()
+    manifests = {}
+    for name in sorted(plan.rows):
+        manifests[name] = write_manifest(_utterances(plan, infos, out, name), out / f"{name}.jsonl")
+    keep = set(plan.jobs) | {p[:-4] + ".json" for p, j in plan.jobs.items() if j.is_codeswitch}
+    removed = _remove_orphans(out, keep)
+    read = {name: read_manifest(path) for name, path in manifests.items()}  # validates the output
+    stats = corpus_stats(read, cfg)
+    seconds = time.perf_counter() - start
+    dump_config(cfg, out / "config.yaml")
+    write_card(out, render_card(stats, cfg, seconds, jobs, command), stats)
+    rendered = len(todo) - reused
+    log.info("corpus in %s: %d clips rendered, %d reused, %.1f s", out, rendered, reused, seconds)
+    return BuildResult(out, manifests, stats, seconds, rendered, reused, removed)

@@ -1,0 +1,166 @@
+"""Speech from espeak-ng: one language voice per language, speakers from espeak's voice variants
+(`de+f3`), speaking rate (words per minute, `-s`) and pitch (0-99, `-p`).
+
+espeak-ng is deterministic: the same text and arguments give the same samples, so the corpus is
+reproducible byte for byte. Its 22.05 kHz output is resampled to 16 kHz mono (float32).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from babelora.data.audio import SAMPLE_RATE, resample
+from babelora.errors import AudioError, DependencyError, LanguageError
+
+INSTALL_HINT = (
+    "install it with `apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng`"
+)
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+"""The espeak variants used as speakers: its plain male and female voices (no robot/whisper)."""
+
+# Accents to draw from, main one first. Other languages use the voice named like the code.
+_VOICES = {
+    "en": ("en-us", "en-gb"),
+    "fr": ("fr-fr", "fr-be"),
+    "es": ("es", "es-419"),
+    "pt": ("pt",),  # European: Django's `pt` catalog and Babel's pt_PT are European Portuguese
+    "zh": ("cmn",),
+    "no": ("nb",),
+}
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    """How one clip is spoken: espeak voice, variant (speaker), rate (wpm) and pitch (0-99)."""
+
+    voice: str
+    variant: str = "m1"
+    rate: int = 175
+    pitch: int = 50
+
+    def __post_init__(self) -> None:
+        if not 80 <= self.rate <= 450:
+            raise ValueError(f"VoiceSettings.rate must be in 80..450 wpm, got {self.rate}")
+        if not 0 <= self.pitch <= 99:
+            raise ValueError(f"VoiceSettings.pitch must be in 0..99, got {self.pitch}")
+
+    def with_voice(self, voice: str) -> VoiceSettings:
+        return VoiceSettings(voice, self.variant, self.rate, self.pitch)
+
+    def to_dict(self) -> dict:
+        return {"tts": f"espeak-ng {espeak_version()}", **asdict(self)}
+
+
+def espeak_binary() -> str:
+    """Path of the espeak-ng program, or DependencyError with the install command."""
+    path = shutil.which("espeak-ng")
+    if path is None:
+        raise DependencyError(f"espeak-ng is not installed (not found on PATH); {INSTALL_HINT}")
+    return path
+
+
+def _run(args: list[str], text: str | None = None) -> bytes:
+    try:
+        proc = subprocess.run(
+            [espeak_binary(), *args],
+            input=None if text is None else text.encode("utf-8"),
+            capture_output=True,
+            check=False,
+        )
+    except OSError as err:
+        raise DependencyError(f"cannot run espeak-ng ({err}); {INSTALL_HINT}") from None
+    if proc.returncode != 0:
+        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise AudioError(
+            f"espeak-ng {' '.join(args[:6])} failed: {msg[-1] if msg else proc.returncode}"
+        )
+    return proc.stdout
+
+
+@lru_cache(maxsize=1)
+def espeak_version() -> str:
+    out = _run(["--version"]).decode("utf-8", "replace")
+    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", out)
+    return m.group(1) if m else out.strip()
+
+
+@lru_cache(maxsize=1)
+def installed_voices() -> frozenset[str]:
+    """Lower-cased language names of the installed espeak-ng voices (`de`, `en-us`, ...)."""
+    lines = _run(["--voices"]).decode("utf-8", "replace").splitlines()[1:]
+    return frozenset(line.split()[1].lower() for line in lines if len(line.split()) > 1)
+
+
+@lru_cache(maxsize=1)
+def installed_variants() -> tuple[str, ...]:
+    """The members of VARIANTS that this espeak-ng installation has."""
+    lines = _run(["--voices=variant"]).decode("utf-8", "replace").splitlines()[1:]
+    have = {line.split()[-1].split("/")[-1].lower() for line in lines if line.split()}
+    found = tuple(v for v in VARIANTS if v in have)
+    return found or ("m1",)
+
+
+def voices_for(lang: str) -> tuple[str, ...]:
+    """The espeak voices (accents) for a babelora language code, main one first; empty if none."""
+    have = installed_voices()
+    wanted = _VOICES.get(lang, (lang,))
+    return tuple(v for v in wanted if v in have)
+
+
+def speech_languages() -> tuple[str, ...]:
+    """babelora language codes (Whisper's list) that espeak-ng can speak here."""
+    from babelora.languages import LANG_CODES
+
+    return tuple(c for c in LANG_CODES if voices_for(c))
+
+
+def check_voice(lang: str) -> str:
+    """The main voice for `lang`, or LanguageError listing the languages espeak-ng can speak."""
+    voices = voices_for(lang)
+    if not voices:
+        raise LanguageError(
+            f"espeak-ng has no voice for language {lang!r}; languages it can speak: "
+            + ", ".join(speech_languages())
+        )
+    return voices[0]
+
+
+def synthesize(text: str, settings: VoiceSettings) -> np.ndarray:
+    """Speak `text` with espeak-ng; float32 mono samples at 16 kHz."""
+    import soundfile as sf
+
+    text = " ".join(text.split())
+    if not text:
+        raise AudioError("cannot synthesize an empty text")
+    args = ["-v", f"{settings.voice}+{settings.variant}", "-s", str(settings.rate)]
+    args += ["-p", str(settings.pitch), "-b", "1", "--stdin", "--stdout"]
+    raw = _run(args, text)
+    try:
+        data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise AudioError(f"espeak-ng returned unreadable audio for {text[:40]!r}: {err}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"espeak-ng returned no audio for {text[:40]!r} ({settings})")
+    return resample(data[:, 0], sr, SAMPLE_RATE).astype(np.float32)
+
+
+def speech_bounds(
+    wave: np.ndarray, threshold_db: float = -35.0, frame: int = 160
+) -> tuple[int, int]:
+    """First and last sample of the part louder than `threshold_db` below the peak frame energy
+    (10 ms frames); (0, 0) for silence. Used to trim spans and to check clips contain speech."""
+    n = len(wave) // frame
+    if n == 0:
+        return (0, 0)
+    energy = (wave[: n * frame].reshape(n, frame).astype(np.float64) ** 2).mean(axis=1)
+    if energy.max() <= 0:
+        return (0, 0)
+    loud = np.flatnonzero(10 * np.log10(energy / energy.max() + 1e-20) > threshold_db)
+    return int(loud[0] * frame), int(min(len(wave), (loud[-1] + 1) * frame))

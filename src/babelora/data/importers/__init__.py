@@ -1,0 +1,8 @@
+"""Importers of real speech corpora into babelora manifests: CoVoST-2, MuST-C and FLEURS."""
+
+from babelora.data.importers.common import ImportReport
+from babelora.data.importers.covost2 import import_covost2
+from babelora.data.importers.fleurs import import_fleurs
+from babelora.data.importers.mustc import import_mustc
+
+__all__ = ["ImportReport", "import_covost2", "import_fleurs", "import_mustc"]
