@@ -1,0 +1,107 @@
+"""Output plumbing: a streaming safetensors writer and an atomic output folder.
+
+The writer knows every tensor's name, shape and dtype up front (they are the base's), so it
+writes the header first and then each tensor's bytes as soon as it is merged: memory holds one
+output tensor at a time, and the file is a standard safetensors file (8-byte little-endian header
+size, JSON header with data_offsets, raw little-endian data) that `safe_open` and transformers'
+`from_pretrained` read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from babelora.errors import MergeError
+from babelora.merging.sources import SAFETENSORS_DTYPES
+
+DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
+
+
+class SafetensorsWriter:
+    """Write tensors, in the declared order, into one .safetensors file without holding them."""
+
+    def __init__(
+        self,
+        path: Path,
+        entries: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        self._order: list[tuple[str, tuple[int, ...], torch.dtype]] = []
+        for name, shape, dtype in entries:
+            if dtype not in DTYPE_CODES:
+                raise MergeError(f"{name}: dtype {dtype} cannot be written to safetensors")
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            header[name] = {
+                "dtype": DTYPE_CODES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+            self._order.append((name, tuple(shape), dtype))
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(struct.pack("<Q", len(blob)))
+        self._file.write(blob)
+        self._next = 0
+
+    def write(self, name: str, tensor: Tensor) -> None:
+        expected, shape, dtype = self._order[self._next]
+        if name != expected or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise MergeError(
+                f"internal: writing {name} {tuple(tensor.shape)} {tensor.dtype}, header expects "
+                f"{expected} {shape} {dtype}"
+            )
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        self._file.write(data.numpy().data)
+        self._next += 1
+
+    def close(self) -> None:
+        self._file.close()
+        if self._next != len(self._order):
+            missing = self._order[self._next][0]
+            raise MergeError(f"internal: output closed before tensor {missing} was written")
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+@contextmanager
+def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `target` via os.replace.
+
+    On error the temporary folder is removed and `target` is untouched.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise MergeError(f"{target}: output exists; set output.overwrite: true to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None and old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
