@@ -1,4 +1,4 @@
-"""babelora: multilingual speech recognition and translation with parameter-efficient language experts."""
+"""babelora: multilingual ASR and speech translation with parameter-efficient language experts."""
 
 from babelora.errors import BabeloraError
 

@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "babelora.cli.score",  # score
     "babelora.cli.merge",  # merge (LoRS, TIES, DARE, task arithmetic; models or LoRAs)
     "babelora.cli.corpus",  # corpus build / langs / import {covost2,mustc,fleurs}
+    "babelora.cli.stages",  # train-stages (multi-stage training, e.g. the speech-LLM)
+    "babelora.cli.train",  # train (recipes: full, lora, ...)
 )
 
 
