@@ -19,7 +19,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="HF id, transformers or CTranslate2 folder (default: offline Whisper tiny.en)",
     )
-    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder to apply")
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder (merged in)")
+    p.add_argument(
+        "--experts",
+        default=None,
+        help="a babelora expert set (language experts or MoLoRA): each utterance "
+        "is routed by its language, batched",
+    )
+    p.add_argument(
+        "--lid",
+        default=None,
+        help="a LID head folder: predict each utterance's language (language-agnostic)",
+    )
+    p.add_argument(
+        "--lid-mode",
+        choices=["argmax", "posterior"],
+        default="argmax",
+        help="route to the predicted language's experts, or weight experts by the LID posterior",
+    )
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-seconds", type=float, default=120.0, help="audio seconds per batch")
@@ -63,7 +80,26 @@ def _load(args: argparse.Namespace):
         from babelora.models.adapter_loading import apply_peft_adapter
 
         apply_peft_adapter(handle, args.adapter)
-    return handle
+    adapter = None
+    if args.experts:
+        from babelora.models.adapter_loading import load_expert_set
+
+        adapter = load_expert_set(handle, args.experts)
+    return handle, adapter
+
+
+def _decode(args: argparse.Namespace, handle, adapter, reqs: list[Request]):
+    """Decode requests: predict languages first with --lid, route experts with --experts."""
+    from babelora.decode.routing import adapter_batch_hook, predict_languages
+
+    dopts, ropts = _options(args)
+    if args.lid:
+        from babelora.models.lid import LidHead
+
+        head = LidHead.load(args.lid)
+        reqs = predict_languages(handle, head, reqs, ropts, adapter, args.lid_mode == "posterior")
+    hook = adapter_batch_hook(adapter) if adapter is not None else None
+    return decode_requests(handle, reqs, dopts, ropts, before_batch=hook)
 
 
 def _options(args: argparse.Namespace) -> tuple[DecodeOptions, RunnerOptions]:
@@ -138,10 +174,9 @@ def evaluate(args: argparse.Namespace) -> int:
         utts = utts[: args.limit]
     if not utts:
         raise BabeloraError(f"{args.manifest}: no utterances to evaluate")
-    handle = _load(args)
+    handle, adapter = _load(args)
     reqs = [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
-    dopts, ropts = _options(args)
-    results = decode_requests(handle, reqs, dopts, ropts)
+    results = _decode(args, handle, adapter, reqs)
     out = Path(args.out)
     write_results(results, out / "hypotheses.jsonl")
     from babelora.evaluate.report import score_results, write_report
@@ -151,7 +186,9 @@ def evaluate(args: argparse.Namespace) -> int:
         model=handle.name,
         beam_size=args.beam_size,
         manifest=str(args.manifest),
-        lang_source="given",
+        lang_source="predicted" if args.lid else "given",
+        experts=args.experts,
+        lid=args.lid,
     )
     write_report(report, out / "report.json", out / "report.md")
     print((out / "report.md").read_text(encoding="utf-8"))

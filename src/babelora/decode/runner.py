@@ -50,6 +50,7 @@ class Request:
     task: str = "asr"
     target_lang: str | None = None
     lang_source: str = "given"  # or "predicted"
+    lang_probs: tuple[float, ...] | None = None  # LID posterior over the expert languages
 
 
 @dataclass
@@ -142,7 +143,8 @@ def _batches(pieces: list[_Piece], options: RunnerOptions) -> Iterable[list[_Pie
         yield batch
 
 
-BatchHook = Callable[[list[Request]], Sequence[RowHook]]
+BatchHook = Callable[[list[Request], torch.Tensor, int], Sequence[RowHook]]
+"""before_batch(requests of the rows, valid mel frames per row (B,), padded mel frames)."""
 
 
 def decode_requests(
@@ -154,8 +156,9 @@ def decode_requests(
 ) -> list[Result]:
     """Decode `requests` with a loaded WhisperHandle; results come back in request order.
 
-    `before_batch(requests_of_rows)` may set per-row state on the model (e.g. which language
-    expert each row uses) and return hooks that follow the search's row selections.
+    `before_batch(requests_of_rows, feature_lens, frames)` may set per-row state on the model (e.g.
+    which language expert each row uses) and return hooks that follow the search's row
+    selections (see babelora.decode.routing).
     """
     model, tok = handle.model, handle.tokenizer
     device = next(model.parameters()).device
@@ -185,7 +188,10 @@ def decode_requests(
         feats = features_for([p.wave for p in batch], handle.n_mels, options).to(device)
         feats = feats.to(next(model.parameters()).dtype)
         batch_reqs = [requests[p.req] for p in batch]
-        hooks = before_batch(batch_reqs) if before_batch else ()
+        lens = torch.tensor(
+            [min(len(p.wave), N_SAMPLES) // HOP_LENGTH for p in batch], device=device
+        )
+        hooks = before_batch(batch_reqs, lens, feats.shape[-1]) if before_batch else ()
         with torch.no_grad():
             enc = model.get_encoder()(feats).last_hidden_state
             hyps = generate(

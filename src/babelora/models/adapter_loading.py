@@ -1,4 +1,5 @@
-"""Apply a PEFT LoRA adapter folder to a loaded Whisper for decoding (merged for speed)."""
+"""Put trained adapters on a loaded Whisper for decoding: one PEFT adapter (merged for speed) or
+a babelora expert set (language experts / MoLoRA, routed per utterance)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,26 @@ def apply_peft_adapter(handle, adapter_dir: str | Path, merge: bool = True):
     handle.model = model.merge_and_unload() if merge else model
     handle.model.eval()
     return handle
+
+
+def load_expert_set(handle, folder: str | Path):
+    """Inject a saved babelora expert set (adapters.save_adapter_set) into `handle.model`.
+
+    Returns the AdapterHandle whose routing the decoder sets per batch. A set that carries
+    MGRF weights is loaded with them (babelora.train.molora_recipe.load_molora).
+    """
+    from babelora.adapters import load_adapter_set
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path}: expert set folder not found")
+    try:
+        from babelora.train.molora_recipe import has_mgrf, load_molora
+    except ImportError:
+        has_mgrf = None
+    if has_mgrf is not None and has_mgrf(path):
+        adapter = load_molora(handle, path)
+    else:
+        adapter = load_adapter_set(handle.model, path)
+    handle.model.to(next(handle.model.parameters()).device).eval()
+    return adapter
