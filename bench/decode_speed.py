@@ -158,6 +158,9 @@ def main() -> None:
     from babelora.evaluate.metrics import wer
     from babelora.models.whisper import default_model_path, load_whisper
 
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # generate()'s deprecation chatter
     rows = build_set(args.n, args.seed)
     audio = sum(r["seconds"] for r in rows)
     print(f"{len(rows)} utterances, {audio:.1f} s of audio", flush=True)
