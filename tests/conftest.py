@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,19 +28,6 @@ def real_handle():
     from babelora.models.whisper import load_whisper
 
     return load_whisper()
-
-
-def espeak_available() -> bool:
-    return shutil.which("espeak-ng") is not None
-
-
-needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
-
-
-def speak(text: str, path: Path, voice: str = "en-us") -> Path:
-    """Synthesize `text` with espeak-ng into a WAV file (22.05 kHz as espeak writes it)."""
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
-    return path
 
 
 @pytest.fixture

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
+from reference.config_schema import Inner, Outer
 
 from babelora.config import build_dataclass, dump_config, load_config, read_yaml
 from babelora.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Inner:
-    rank: int = 8
-    alpha: float = 16.0
-
-
-@dataclass(frozen=True)
-class Outer:
-    name: str = "x"
-    langs: tuple[str, ...] = ("de",)
-    lora: Inner = field(default_factory=Inner)
-    flag: bool = False
-    note: str | None = None
 
 
 def test_yaml_overrides_and_dump(tmp_path):

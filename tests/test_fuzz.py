@@ -8,7 +8,7 @@ import json
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_config import Outer
+from reference.config_schema import Outer
 
 from babelora.config import apply_overrides, build_dataclass, read_yaml
 from babelora.data.audio import load_audio

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import needs_espeak, speak
+from reference.speech import needs_espeak, speak
 
 from babelora.cli.main import main
 

@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from langid_texts import KNOWN_TEXTS
+from reference.langid_texts import KNOWN_TEXTS
 
 from babelora.errors import ConfigError
 from babelora.evaluate import langid

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import sacrebleu
-from langid_texts import KNOWN_TEXTS
+from reference.langid_texts import KNOWN_TEXTS
 
 from babelora.data.manifest import Utterance
 from babelora.errors import ConfigError, ManifestError

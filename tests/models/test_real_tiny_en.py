@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import needs_espeak, speak
+from reference.speech import needs_espeak, speak
 
 from babelora.decode.runner import Request, RunnerOptions, decode_requests
 from babelora.decode.search import DecodeOptions
