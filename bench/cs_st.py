@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "speech_llm"
+RESULTS = ROOT / "bench" / "results" / "cs_st.json"
 P = "recipe.params.model"
 VARIANTS: dict[str, tuple[list[str], bool]] = {  # name -> (overrides, multi-stage)
     "moe": ([], True),
@@ -162,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(sets['cs'])} CS utterances; command: python bench/cs_st.py {' '.join(argv)}"
     )
     (args.out / "results.md").write_text(markdown(results, header))
+    record = {
+        "benchmark": "cs_st",
+        "command": "python bench/cs_st.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+        "device": device,
+        "steps_per_stage": args.steps,
+        "test_utterances": {k: len(v) for k, v in sets.items()},
+        "results": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2))
     print(markdown(results, header))
     return 0
 
