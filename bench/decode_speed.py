@@ -155,10 +155,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
+    import transformers
+
     from babelora.evaluate.metrics import wer
     from babelora.models.whisper import default_model_path, load_whisper
-
-    import transformers
 
     transformers.logging.set_verbosity_error()  # generate()'s deprecation chatter
     rows = build_set(args.n, args.seed)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -132,7 +133,7 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(
-            f"unknown config key '{key}'; known keys here: {', '.join(sorted(names))}"
+            f"unknown config key {key!r}; known keys here: {', '.join(sorted(names))}"
         )
     kwargs = {}
     for name, value in data.items():
@@ -171,8 +172,10 @@ def to_dict(obj: Any) -> Any:
 
 
 def dump_config(obj: Any, path: str | Path) -> Path:
-    """Write the resolved config as YAML."""
+    """Write the resolved config as YAML (atomically: a kill never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True), "utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True), "utf-8")
+    os.replace(tmp, path)
     return path

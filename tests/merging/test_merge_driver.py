@@ -315,3 +315,35 @@ def test_average_with_zero_total_weight_is_a_clear_error(zoo, tmp_path):
     inputs = [{"path": str(zoo["de"]), "name": "de", "weight": 0.0}]
     with pytest.raises(MergeError, match="weights sum to 0"):
         merge(recipe(zoo, inputs, tmp_path / "out", "average"))
+
+
+def test_a_part_frozen_in_every_input_is_copied_without_the_maths(zoo, tmp_path, monkeypatch):
+    """Zero task vectors everywhere (an encoder frozen in every fine-tune): the method is not run
+    there (no SVD of zero matrices) and the base comes back exactly; other tensors still merge."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    base = read(zoo["base"])
+    inputs = []
+    for lang in ("de", "fr"):
+        state = {k: base[k].clone() if ".encoder." in k else v for k, v in read(zoo[lang]).items()}
+        (tmp_path / lang).mkdir()
+        save_file(state, str(tmp_path / lang / "model.safetensors"))
+        inputs.append({"path": str(tmp_path / lang), "name": lang})
+    seen: list[str] = []
+    spec = MERGE_METHODS["lors"]
+
+    def spy(taus, weights, params, ctx):
+        seen.append(ctx.name)
+        return spec.combine(taus, weights, params, ctx)
+
+    monkeypatch.setitem(MERGE_METHODS, "lors", dataclasses.replace(spec, combine=spy))
+    result = merge(recipe(zoo, inputs, tmp_path / "out", "lors"))
+    out = read(result.output)
+    encoder = [k for k in base if ".encoder." in k and base[k].is_floating_point()]
+    assert encoder and not any(".encoder." in k for k in seen)
+    assert any(".decoder." in k for k in seen)
+    for key in encoder:
+        assert torch.equal(out[key], base[key]), key
+        assert result.report["tensors"][key]["zero_task_vectors"] is True

@@ -260,13 +260,21 @@ class AdapterHandle:
         return out
 
     def load_adapter_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load what `adapter_state_dict` gave; missing or unexpected keys raise."""
-        expected = set(self.adapter_state_dict())
+        """Load what `adapter_state_dict` gave; missing or unexpected keys or other shapes
+        (an adapter trained on another base model) raise ConfigError before anything changes."""
+        current = self.adapter_state_dict()
+        expected = set(current)
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or extra:
             raise ConfigError(
                 f"adapter state mismatch: missing {missing[:3]}, unexpected {extra[:3]}"
             )
+        for key, value in current.items():
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise ConfigError(
+                    f"adapter tensor {key} has shape {tuple(state[key].shape)} but this model "
+                    f"needs {tuple(value.shape)} (an adapter for another base model?)"
+                )
         with torch.no_grad():
             for name, layer in self.layers.items():
                 for key, param in layer.state_dict(keep_vars=True).items():

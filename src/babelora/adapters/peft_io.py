@@ -134,6 +134,11 @@ def read_peft_adapter(path: str | Path) -> PeftAdapter:
     """Read a PEFT LoRA folder; unsupported variants (DoRA, lora_bias, embeddings) raise."""
     path = Path(path)
     cfg_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if cfg_file.is_file() and not weights_file.is_file() and (path / "adapter_model.bin").is_file():
+        raise ModelLoadError(
+            f"{path}: holds adapter_model.bin, a pickle that can run code when loaded; only "
+            f"{WEIGHTS_NAME} is read (convert it with safetensors.torch.save_file)"
+        )
     if not cfg_file.is_file() or not weights_file.is_file():
         raise ModelLoadError(
             f"{path}: not a PEFT adapter folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
@@ -325,9 +330,15 @@ def load_adapter_set(model: nn.Module, path: str | Path) -> AdapterHandle:
         data = json.loads((path / SET_CONFIG).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{path / SET_CONFIG}: not valid JSON ({err})") from None
+    try:
+        state = load_file(str(path / SET_WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path / SET_WEIGHTS}: cannot read safetensors ({msg})") from None
     handle = inject(model, build_dataclass(MoLoRAConfig, data))
     try:
-        handle.load_adapter_state_dict(load_file(str(path / SET_WEIGHTS)))
+        handle.load_adapter_state_dict(state)
     except ConfigError as err:
+        handle.unload(merge=False)  # give the caller its model back as it was
         raise ModelLoadError(f"{path}: {err}") from None
     return handle

@@ -116,6 +116,11 @@ def _options(args: argparse.Namespace) -> tuple[DecodeOptions, RunnerOptions]:
     )
 
 
+def _named(res) -> str:
+    """A failed result's error, prefixed with its id unless the message starts with it."""
+    return res.error if res.error.startswith(res.id) else f"{res.id}: {res.error}"
+
+
 def _report(results, out: str | None) -> int:
     """Print hypotheses (or write JSONL) and a failure summary; exit 1 if any item failed."""
     if out:
@@ -127,7 +132,7 @@ def _report(results, out: str | None) -> int:
                 print(f"{res.id}\t{res.hypothesis}")
     failed = [r for r in results if r.error]
     for res in failed:
-        print(f"error: {res.error}", file=sys.stderr)
+        print(f"error: {_named(res)}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(results)} items failed", file=sys.stderr)
         return 1
@@ -137,7 +142,7 @@ def _report(results, out: str | None) -> int:
 def _files_cmd(args: argparse.Namespace, task: str) -> int:
     lang = check_lang(args.language)
     target = check_lang(args.to) if task == "st" else None
-    handle = _load(args)
+    handle, adapter = _load(args)
     reqs = [
         Request(
             id=Path(f).name if args.short_ids else str(f),
@@ -148,8 +153,7 @@ def _files_cmd(args: argparse.Namespace, task: str) -> int:
         )
         for f in args.files
     ]
-    dopts, ropts = _options(args)
-    return _report(decode_requests(handle, reqs, dopts, ropts), args.out)
+    return _report(_decode(args, handle, adapter, reqs), args.out)
 
 
 def transcribe(args: argparse.Namespace) -> int:
@@ -162,7 +166,7 @@ def translate(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     errors: list[ManifestError] = []
-    utts = read_manifest(args.manifest, errors=errors)
+    utts = read_manifest(args.manifest, data_root=args.data_root, errors=errors)
     for err in errors:
         print(f"skipped: {err}", file=sys.stderr)
     if args.langs:
@@ -194,7 +198,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print((out / "report.md").read_text(encoding="utf-8"))
     failed = [r for r in results if r.error]
     for res in failed:
-        print(f"error: {res.error}", file=sys.stderr)
+        print(f"error: {_named(res)}", file=sys.stderr)
     if failed or errors:
         print(f"{len(failed)} audio failures, {len(errors)} bad manifest lines", file=sys.stderr)
         return 1
@@ -221,5 +225,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--langs", default=None, help="only these languages (comma list)")
     p.add_argument("--task", choices=["asr", "st"], default=None)
     p.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="refuse (skip, with an error) manifest lines whose audio lies outside this folder",
+    )
     _add_model_args(p)
     p.set_defaults(func=evaluate)

@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "babelora.cli.corpus",  # corpus build / langs / import {covost2,mustc,fleurs}
     "babelora.cli.stages",  # train-stages (multi-stage training, e.g. the speech-LLM)
     "babelora.cli.train",  # train (recipes: full, lora, ...)
+    "babelora.cli.analyze",  # analyze routing (per-language expert usage heatmap)
+    "babelora.cli.experts",  # experts fuse / train-lid / export (LoRA language experts)
 )
 
 

@@ -51,6 +51,31 @@ def check_wave(wave: np.ndarray, name: str, min_seconds: float = 0.0) -> np.ndar
     return wave
 
 
+def wav_shortfall(path: str | Path) -> str | None:
+    """Why a RIFF/WAVE file is truncated (its data chunk declares more bytes than the file
+    holds), or None. libsndfile silently decodes the part that is there, so a file cut short by
+    a crash or a partial copy would otherwise pass as shorter audio. A data size of 0 or
+    0xFFFFFFFF (a WAV streamed with unknown length) is not a truncation."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            name, declared = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                held = size - pos - 8
+                if declared in (0, 0xFFFFFFFF) or held >= declared:
+                    return None
+                return f"its data chunk declares {declared} bytes but the file holds {held}"
+            pos += 8 + declared + (declared & 1)
+    return None
+
+
 def load_audio(
     path: str | Path,
     sample_rate: int = SAMPLE_RATE,
@@ -59,7 +84,8 @@ def load_audio(
 ) -> np.ndarray:
     """Read a WAV/FLAC/OGG file as float32 mono at `sample_rate` (channels averaged).
 
-    Raises AudioError naming the file when it is missing, unreadable, empty or non-finite.
+    Raises AudioError naming the file when it is missing, unreadable, truncated (WAV), empty or
+    non-finite.
     """
     import soundfile as sf
 
@@ -70,11 +96,14 @@ def load_audio(
         raise AudioError(f"{path}: is a folder, not an audio file")
     try:
         info = sf.info(str(path))
+        short = wav_shortfall(path) if info.format == "WAV" else None
         start = int(round(offset * info.samplerate))
         frames = -1 if duration is None else int(round(duration * info.samplerate))
         data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, ValueError, TypeError) as err:
         raise AudioError(f"{path}: cannot decode audio ({str(err).splitlines()[0]})") from None
+    if short:
+        raise AudioError(f"{path}: truncated WAV file, cut short ({short})")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     wave = check_wave(wave, str(path))
     return check_wave(resample(wave, sr, sample_rate), str(path))

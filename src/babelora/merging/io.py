@@ -9,7 +9,9 @@ size, JSON header with data_offsets, raw little-endian data) that `safe_open` an
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +26,7 @@ from torch import Tensor
 from babelora.errors import MergeError
 from babelora.merging.sources import SAFETENSORS_DTYPES
 
+log = logging.getLogger(__name__)
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 
@@ -78,13 +81,49 @@ class SafetensorsWriter:
         self._file.close()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def clean_stale(target: Path) -> None:
+    """Tidy up after killed writers of `target` (their pid is in the sibling's name, and it is
+    gone): delete their `.NAME.tmp-PID` folders (partial outputs) and `.NAME.old-PID` leftovers,
+    or move an `.old` back into place when the kill came between the two renames below and
+    `target` is missing."""
+    for kind in ("old", "tmp"):
+        for found in sorted(
+            glob.glob(glob.escape(str(target.parent / f".{target.name}.{kind}-")) + "*")
+        ):
+            path, pid = Path(found), found.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not target.exists():
+                os.replace(path, target)
+                log.warning(
+                    "%s: restored the previous output a killed merge had moved aside", target
+                )
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `target` via os.replace.
 
-    On error the temporary folder is removed and `target` is untouched.
+    On error the temporary folder is removed and `target` is untouched. A process killed while
+    writing leaves its temporary folder behind; the next call removes it (`clean_stale`).
     """
     target = Path(target)
+    if target.parent.is_dir():
+        clean_stale(target)
     if target.exists() and not overwrite:
         raise MergeError(f"{target}: output exists; set output.overwrite: true to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,11 @@ changed by any input are copied from the base.
 Memory: each step reads the base tensor and one tensor per input (a LoRA: its A and B), computes,
 writes the result straight into the output file (io.SafetensorsWriter) and drops everything. Peak
 memory is therefore set by the largest tensor, not by the model: about N + 3 copies of it in
-`compute_dtype` (base, N task vectors, the merged update; TIES and SVD add their temporaries),
-plus the base itself when it is loaded through load_whisper rather than streamed. Maths runs in
-`compute_dtype`, float64 by default, so that a weight-1 merge of one input reproduces it
-bit-exactly; float32 halves the memory.
+`compute_dtype` (base, N task vectors, the merged update; TIES also keeps its N trimmed copies,
+top-k needs about 3 more while it runs and SVD adds its factors), plus the base itself when it is
+loaded through load_whisper rather than streamed. Maths runs in `compute_dtype`, float64 by
+default, so that a weight-1 merge of one input reproduces it bit-exactly; float32 halves the
+memory.
 
 The output folder is written under a temporary name and moved into place (io.atomic_folder):
 model.safetensors (+ the base's config.json and friends) or a PEFT adapter (adapter_config.json +
@@ -342,6 +343,11 @@ def _process(plan: MergePlan, tp: TensorPlan, sink: Any) -> dict[str, Any] | Non
             delta.mul_(plan.existing)  # a fresh tensor
     if tp.action == "merge":
         taus = [inp.task_vector(tp.key, bc) for inp in plan.inputs]
+        if all(t is None or not bool(torch.any(t)) for t in taus):
+            # every method maps zero task tensors to 0 (e.g. a part frozen in every fine-tune):
+            # skip the maths (LoRS/SVD would decompose zero matrices); the result is identical
+            stats["zero_task_vectors"] = any(t is not None for t in taus)
+            taus = []
         if any(t is not None for t in taus):
             taus = [torch.zeros_like(bc) if t is None else t for t in taus]
             spec = MERGE_METHODS[tp.method]

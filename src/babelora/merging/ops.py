@@ -24,6 +24,8 @@ MLP weights by default, `targets`); every other tensor is merged as its raw task
 the official LoRS code.
 
 Shapes: every task tensor of one call has the same shape (..); N inputs; weights (N,).
+Every method maps all-zero task tensors to zero: the driver relies on it to skip tensors that
+no input changed (a new method must keep this property).
 """
 
 from __future__ import annotations
@@ -56,15 +58,18 @@ WHISPER_LORS_TARGETS = (
 def magnitude_prune(tensor: Tensor, density: float) -> Tensor:
     """Keep the k = int(density * numel) entries largest in |.|, zero the rest.
 
-    density >= 1 returns the tensor itself (nothing pruned), as PEFT's `prune` does.
+    density >= 1 returns the tensor itself (nothing pruned), as PEFT's `prune` does. The kept
+    entries are copied into a zero tensor (no float mask): about 1.4 extra copies of the tensor.
     """
     if density >= 1:
         return tensor
     k = int(density * tensor.numel())
     flat = tensor.reshape(-1)
-    mask = torch.zeros_like(flat)
-    mask[torch.topk(flat.abs(), k=k, largest=True).indices] = 1
-    return tensor * mask.reshape(tensor.shape)
+    out = torch.zeros_like(flat)
+    if k > 0:
+        index = torch.topk(flat.abs(), k=k, largest=True).indices
+        out[index] = flat[index]
+    return out.reshape(tensor.shape)
 
 
 def random_drop(
@@ -78,9 +83,10 @@ def random_drop(
     if density >= 1:
         return tensor
     probs = torch.full(tensor.shape, density, dtype=torch.float32, device=tensor.device)
-    mask = torch.bernoulli(probs, generator=generator).to(tensor.dtype)
-    pruned = tensor * mask
-    return pruned / density if rescale else pruned
+    pruned = torch.bernoulli(probs, generator=generator).to(tensor.dtype)
+    del probs
+    pruned.mul_(tensor)  # the mask times tau, in place: one live copy besides the input
+    return pruned.div_(density) if rescale else pruned
 
 
 def lowrank(tensor: Tensor, rank: int) -> Tensor:
@@ -111,12 +117,6 @@ def lors_prune(tensor: Tensor, rank: int, density: float) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- combiners
-def _stack(task_tensors: Sequence[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
-    stacked = torch.stack(list(task_tensors), dim=0)  # (N, ..)
-    w = weights.to(stacked.dtype).to(stacked.device)
-    return stacked, w.view(w.shape + (1,) * (stacked.dim() - 1))  # (N, 1, ..)
-
-
 def task_arithmetic(task_tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     """sum_t w_t tau_t, accumulated in place (no (N, ..) stack: one extra tensor of memory)."""
     total = torch.zeros_like(task_tensors[0])
@@ -130,14 +130,15 @@ def average(task_tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     total = float(weights.sum())
     if total == 0:
         raise ValueError("average: the input weights sum to 0")
-    return task_arithmetic(task_tensors, weights) / total
+    return task_arithmetic(task_tensors, weights).div_(total)  # a fresh tensor: in place
 
 
 def majority_sign_mask(stacked: Tensor, method: Literal["total", "frequency"] = "total") -> Tensor:
     """(N, ..) bool mask of entries whose sign equals the elected sign (ties elect +).
 
     'total' elects the sign of sum_t tau_t, 'frequency' the sign held by most tensors. Zeros
-    never agree, so pruned entries do not count in the disjoint mean.
+    never agree, so pruned entries do not count in the disjoint mean. (Reference form on a
+    stacked tensor; `ties` computes the same without stacking.)
     """
     sign = stacked.sign()
     votes = stacked.sum(dim=0) if method == "total" else sign.sum(dim=0)
@@ -152,6 +153,30 @@ def disjoint_mean(weighted: Tensor, mask: Tensor) -> Tensor:
     return kept / torch.clamp(count, min=1.0)
 
 
+def elect_and_mean(
+    pruned: Sequence[Tensor],
+    weights: Tensor,
+    majority_sign: Literal["total", "frequency"] = "total",
+) -> Tensor:
+    """disjoint_mean(stack(pruned) * w, majority_sign_mask(stack(pruned))) without the (N, ..)
+    stacks: one pass accumulates the votes, a second the agreeing weighted entries and their
+    count, so memory is 3 tensors plus one temporary instead of about 5 N."""
+    votes = torch.zeros_like(pruned[0])
+    for tensor in pruned:
+        votes.add_(tensor if majority_sign == "total" else tensor.sign())
+    positive = votes >= 0  # elected sign +1 (ties elect +), else -1
+    del votes
+    kept = torch.zeros_like(pruned[0])
+    count = torch.zeros_like(pruned[0])
+    w = weights.to(pruned[0].dtype).to(pruned[0].device)
+    for i, tensor in enumerate(pruned):
+        agree = torch.where(positive, tensor > 0, tensor < 0)  # zeros never agree
+        kept.add_((tensor * w[i]).mul_(agree))
+        count.add_(agree)
+        del agree
+    return kept.div_(count.clamp_(min=1.0))
+
+
 def ties(
     task_tensors: Sequence[Tensor],
     weights: Tensor,
@@ -162,8 +187,7 @@ def ties(
     of the weighted tensors. Note the mean: with agreeing signs and density 1 this is the
     weighted *mean*, sum_t w_t tau_t / N, not the sum."""
     trimmed = [magnitude_prune(t, density) for t in task_tensors]
-    stacked, w = _stack(trimmed, weights)
-    return disjoint_mean(stacked * w, majority_sign_mask(stacked, majority_sign))
+    return elect_and_mean(trimmed, weights, majority_sign)
 
 
 def _generators(
@@ -184,8 +208,10 @@ def dare(
 ) -> Tensor:
     """DARE (linear): random drop with rescale on each tau_t, then sum_t w_t tau_t."""
     gens = _generators(generators, len(task_tensors))
-    dropped = [random_drop(t, density, g) for t, g in zip(task_tensors, gens)]
-    return task_arithmetic(dropped, weights)
+    total = torch.zeros_like(task_tensors[0])
+    for tensor, weight, gen in zip(task_tensors, weights.tolist(), gens):
+        total.add_(random_drop(tensor, density, gen), alpha=weight)  # one dropped copy at a time
+    return total
 
 
 def dare_ties(
@@ -198,8 +224,7 @@ def dare_ties(
     """DARE drop-and-rescale followed by TIES sign election and disjoint mean."""
     gens = _generators(generators, len(task_tensors))
     dropped = [random_drop(t, density, g) for t, g in zip(task_tensors, gens)]
-    stacked, w = _stack(dropped, weights)
-    return disjoint_mean(stacked * w, majority_sign_mask(stacked, majority_sign))
+    return elect_and_mean(dropped, weights, majority_sign)
 
 
 # ----------------------------------------------------------------------------- method params

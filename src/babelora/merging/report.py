@@ -5,6 +5,10 @@ which rank, the norm of every input's task vector, the norm and non-zero fractio
 update, and for LoRA outputs the relative Frobenius reconstruction error ||dW - BA|| / ||dW||.
 Totals: counts per action, wall time, the process's peak RSS, LoRA error mean/max and the
 updates a LoRA output had to drop. `num_languages` lets a later expansion find N.
+
+Peak RSS is the process's own high-water mark (VmHWM in /proc/self/status on Linux): Linux's
+getrusage ru_maxrss survives execve, so a `babelora merge` started by a large process (a
+benchmark, a notebook) would otherwise report its parent's peak.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,32 @@ from babelora.merging.recipe import method_params
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "merge_report.json"
+
+
+def _vm_hwm_mb(status: str) -> float | None:
+    """The VmHWM line of a /proc/<pid>/status text, in MiB (None when absent)."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                unit = fields[2].lower() if len(fields) > 2 else "kb"
+                scale = {"kb": 1 / 1024, "mb": 1.0, "gb": 1024.0}.get(unit, 1 / 1024)
+                return int(fields[1]) * scale
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: VmHWM where /proc exists (it starts afresh at
+    execve, unlike ru_maxrss), else ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            value = _vm_hwm_mb(f.read())
+        if value is not None:
+            return value
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
 
 
 def build_report(
@@ -47,7 +78,7 @@ def build_report(
         "side_files": side_files,
         "counts": dict(Counter(t.action for t in plan.tensors)),
         "seconds": round(seconds, 3),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "max_rss_mb": round(peak_rss_mb(), 1),
         "tensors": stats,
     }
     if lora_dropped is not None:

@@ -197,7 +197,9 @@ def load_pickle(path: Path, allow_pickle: bool) -> dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # UnpicklingError, RuntimeError, ...: all mean "not a state dict"
-        raise MergeError(f"{path}: not a weights-only state dict ({err})") from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["?"]
+        why = next((line for line in lines if "GLOBAL" in line), lines[0])  # the blocked global
+        raise MergeError(f"{path}: not a weights-only state dict ({why[:200]})") from None
     if isinstance(data, Mapping) and not any(isinstance(v, Tensor) for v in data.values()):
         for nested in ("state_dict", "model_state_dict", "model"):
             if isinstance(data.get(nested), Mapping):

@@ -21,12 +21,20 @@ def apply_peft_adapter(handle, adapter_dir: str | Path, merge: bool = True):
     if not (path / "adapter_config.json").is_file():
         raise ModelLoadError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
     if not (path / "adapter_model.safetensors").is_file():
-        raise ModelLoadError(f"{path}: adapter weights must be adapter_model.safetensors")
+        pickled = [p.name for p in path.glob("adapter_model.*")]
+        why = f" ({pickled[0]} is a pickle, which can run code when loaded)" if pickled else ""
+        raise ModelLoadError(
+            f"{path}: adapter weights must be adapter_model.safetensors{why}; convert them with "
+            "safetensors.torch.save_file"
+        )
     try:
         json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
         model = PeftModel.from_pretrained(handle.model, str(path))
     except (ValueError, RuntimeError, KeyError, json.JSONDecodeError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's load_state_dict error: a header line, then one line per mismatched tensor
+        msg = next((line for line in lines if "size mismatch" in line), None)
+        msg = msg or (lines[0] if lines else type(err).__name__)
         raise ModelLoadError(f"{path}: adapter does not fit model {handle.name} ({msg})") from None
     handle.model = model.merge_and_unload() if merge else model
     handle.model.eval()

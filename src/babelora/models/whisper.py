@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,13 @@ def _from_transformers(name: str, dtype: torch.dtype, allow_pickle: bool) -> Whi
     except OSError as err:
         raise ModelLoadError(
             f"cannot load Whisper model {name!r}: {str(err).splitlines()[0]}"
+        ) from None
+    except pickle.UnpicklingError as err:  # allow_pickle: torch.load(weights_only=True) refused
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["?"]
+        why = next((line for line in lines if "GLOBAL" in line), lines[0])
+        raise ModelLoadError(
+            f"{name}: pickle weights hold more than tensors; torch.load(weights_only=True) "
+            f"refused them and nothing was run ({why[:200]})"
         ) from None
     try:
         from transformers import AutoTokenizer

@@ -69,6 +69,10 @@ RECIPES: dict[str, RecipeBuilder] = {}
 BUILTIN_RECIPE_MODULES: tuple[str, ...] = (
     # modules that register more recipes when imported; one line per module
     "babelora.train.speech_llm_recipe",  # speech_llm (encoder -> (MoE) projector -> causal LM)
+    "babelora.train.molora_recipe",  # molora (shared + routed LoRA experts, MGRF; issue 5)
+    "babelora.train.experts_recipe",  # experts (one LoRA expert per language, one run)
+    "babelora.train.distill_recipe",  # distill (experts -> one student LoRA, CE + KL)
+    "babelora.train.fusion_recipe",  # weight_fusion, gated_fusion (of an experts set)
 )
 
 

@@ -1,0 +1,1 @@
+"""babelora.analysis: looking inside trained models (expert routing per language)."""
