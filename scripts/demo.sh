@@ -9,8 +9,8 @@
 set -euo pipefail
 OUT=${DEMO_OUT:-runs/demo}
 LANGS=${DEMO_LANGS:-de,fr}
-STEPS=${DEMO_STEPS:-80}
-TRAIN=${DEMO_TRAIN:-40}
+STEPS=${DEMO_STEPS:-40}
+TRAIN=${DEMO_TRAIN:-30}
 rm -rf "$OUT/experts" "$OUT/merged"  # a re-run trains afresh (the corpus is reused)
 mkdir -p "$OUT"
 
@@ -25,7 +25,7 @@ babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$O
 echo "== 3. LoRA language experts: $STEPS steps"
 babelora train configs/experts/experts_tiny.yaml "output_dir=$OUT/experts" \
   "data.train=[$OUT/corpus/train.jsonl]" "data.dev=[$OUT/corpus/dev.jsonl]" \
-  "data.languages=[$LANGS]" "max_steps=$STEPS" data.batch_seconds=30 optim.warmup_steps=10 \
+  "data.languages=[$LANGS]" "max_steps=$STEPS" data.batch_seconds=20 optim.warmup_steps=10 \
   eval.every=0 checkpoint.save_every=1000 data.dev_max_items=12
 
 echo "== 4. language-aware experts (batched routing by the manifest's language)"
