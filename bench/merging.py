@@ -23,7 +23,8 @@ score(model, l, m) / score(individual fine-tune of l, l, m), where WER and CER a
 into accuracies max(0, 100 - rate) and BLEU/chrF are used as they are; averaged over languages
 and the two tasks. NP uses WER + BLEU; NP-fine uses CER + chrF (less saturated at this tiny scale).
 Pairs whose reference score is 0 are left out (their count is recorded). Full-model merges are
-normalised by the full fine-tunes, LoRA merges by the LoRA fine-tunes.
+normalised by the full fine-tunes, LoRA merges by the LoRA fine-tunes. Next to WER and CER the
+tables give the half-width of a 95 % bootstrap interval over test utterances (sampling noise).
 
 Every model here keeps the base encoder when the encoder is frozen, so evaluation memoises encoder
 outputs per input batch (EncoderCache) after checking that the model's encoder weights equal the
