@@ -93,6 +93,6 @@ def test_evaluate_writes_per_language_report(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     text = json.dumps(report).lower()
-    assert "bleu" in text and "\"de\"" in text and "\"en\"" in text
+    assert "bleu" in text and '"de"' in text and '"en"' in text
     assert (out / "hypotheses.jsonl").read_text().count("\n") == 4
     assert "given" in text
