@@ -1,6 +1,7 @@
 """Code-switched ST with the speech-LLM (arXiv 2511.10670): BLEU X->en and routing purity.
 
-Variants, each trained with `babelora.train.stages` on the offline corpus (ASR -> ST -> CS-ST,
+Variants, each trained with `babelora.methods.speech_llm.stages` on the offline corpus
+(ASR -> ST -> CS-ST,
 configs/speech_llm/stages.yaml) and scored on the monolingual ST X->en test set (`test.jsonl`)
 and the code-switched test set (`test_cs.jsonl`):
 
@@ -50,7 +51,7 @@ VARIANTS: dict[str, tuple[list[str], bool]] = {  # name -> (overrides, multi-sta
 
 def stages_for(corpus: Path, out: Path, multi: bool, overrides: list[str], steps: int):
     """The StagesConfig of one variant, with the corpus paths filled in."""
-    from babelora.train.stages import StageConfig, StagesConfig
+    from babelora.methods.speech_llm.stages import StageConfig, StagesConfig
 
     def data(train: str, dev: str) -> list[str]:
         return [f"data.train=[{corpus / train}]", f"data.dev=[{corpus / dev}]"]
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
 
-    from babelora.train.speech_llm_recipe import load_speech_llm
-    from babelora.train.stages import run_stages
+    from babelora.methods.speech_llm.recipe import load_speech_llm
+    from babelora.methods.speech_llm.stages import run_stages
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sets = test_sets(args.corpus, args.max_test)

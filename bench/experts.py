@@ -124,8 +124,8 @@ def train_config(system: str, args, langs, data: dict[str, Path], extra: list[st
 def run_training(system: str, args, langs, data, extra: list[str]) -> dict:
     import shutil
 
+    from babelora.methods.registry import train
     from babelora.train import checkpoint as ckpt
-    from babelora.train.loop import train
 
     cfg, overrides = train_config(system, args, langs, data, extra)
     shutil.rmtree(cfg.output_dir, ignore_errors=True)
@@ -221,7 +221,7 @@ def decode_and_score(
 def run_system(system: str, args) -> dict:
     import torch
 
-    from babelora.models.adapter_loading import apply_peft_adapter, load_expert_set
+    from babelora.methods.loading import apply_peft_adapter, load_expert_set
     from babelora.models.whisper import load_whisper
 
     torch.set_num_threads(args.threads)
@@ -273,7 +273,7 @@ def run_system(system: str, args) -> dict:
     elif system == "experts_lid":
         from babelora.data.manifest import read_manifest
         from babelora.decode.runner import RunnerOptions
-        from babelora.train.lid_training import evaluate_lid, train_lid
+        from babelora.methods.experts.lid_training import evaluate_lid, train_lid
 
         handle = load_whisper(args.model, prompt_style="multilingual")
         ropts = RunnerOptions(

@@ -2,7 +2,8 @@
 
 Protocol (every number in bench/results/merging.json says which settings produced it):
 1. Fine-tune the base (offline tiny.en, `load_whisper(None)`) once per language on de, fr, es, it,
-   nl with the training engine (`babelora.train.loop.train`), on that language's ASR and ST X->en
+   nl with the training engine (`babelora.methods.registry.train`), on that language's ASR and
+   ST X->en
    lines of the corpus' train.jsonl, with recipe `full` (encoder frozen by default: a CPU-budget
    choice) and recipe `lora` (PEFT LoRA, decoder only by default, same reason); every model gets
    the same `--steps`. The joint multilingual multi-task baselines (one `full`, one `lora`) train
@@ -257,8 +258,8 @@ def train_cached(cfg_dict: dict) -> tuple[Path, float, bool]:
     """Train unless `output_dir/final` exists from the same config; (final dir, train seconds,
     whether it was cached). The seconds of a cached run are those recorded when it trained."""
     from babelora.config import build_dataclass
+    from babelora.methods.registry import train
     from babelora.train.config import TrainConfig
-    from babelora.train.loop import train
 
     out = Path(cfg_dict["output_dir"])
     stamp = out / "bench_train.json"
@@ -290,7 +291,7 @@ def base_handle(s: Settings):
 
 def load_model(s: Settings, kind: str, path: Path | None):
     """kind base | full (a transformers folder) | lora (a PEFT adapter on the base)."""
-    from babelora.models.adapter_loading import apply_peft_adapter
+    from babelora.methods.loading import apply_peft_adapter
     from babelora.models.whisper import load_whisper
 
     if kind == "full":

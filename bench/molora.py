@@ -75,7 +75,7 @@ def molora_cfg(router: str, shared: int = 1, level: str = "token", rank: int = 8
 def peft_lora(model, rank: int):
     from peft import LoraConfig, get_peft_model
 
-    from babelora.train.recipes import lora_target_regex
+    from babelora.methods.finetune.recipe import lora_target_regex
 
     cfg = LoraConfig(
         r=rank,
@@ -137,8 +137,8 @@ def train_config(args, out: Path, recipe: str, params: dict, steps: int):
 
 def real_batches(args, n: int) -> list[dict]:
     """The first `n` training batches the loop would see (same sampler, collator, seed)."""
+    from babelora.methods.registry import build_recipe
     from babelora.train.data import build_run_data
-    from babelora.train.recipes import build_recipe
 
     cfg = train_config(args, args.work / "batches", "lora", {"rank": 8}, 10)
     recipe = build_recipe(cfg)
@@ -227,8 +227,8 @@ class SavedBytes:
 
 
 def train_step(model, adapter, batch, opt, measure: SavedBytes | None = None) -> float:
-    from babelora.models.molora import route_batch
-    from babelora.train.recipes import seq2seq_loss
+    from babelora.methods.molora.model import route_batch
+    from babelora.train.recipe import seq2seq_loss
 
     ctx = (
         torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t)
@@ -336,7 +336,7 @@ def randomize(model, seed: int, scale: float) -> None:
 def part_decode(args, whisper, utts) -> dict:
     from babelora.adapters import export_peft
     from babelora.decode.routing import adapter_batch_hook
-    from babelora.models.adapter_loading import apply_peft_adapter
+    from babelora.methods.loading import apply_peft_adapter
     from babelora.models.whisper import WhisperHandle
 
     base = whisper.model
@@ -410,7 +410,6 @@ def part_decode(args, whisper, utts) -> dict:
 
 # -- c. quality --------------------------------------------------------------------------------
 def quality_systems(args) -> dict[str, tuple[str, dict]]:
-    from babelora.train.recipes import RECIPES, build_recipe  # noqa: F401  (registers recipes)
 
     def molora(router, shared=1, mgrf=None):
         params = {
@@ -426,7 +425,7 @@ def quality_systems(args) -> dict[str, tuple[str, dict]]:
         return ("molora", params)
 
     try:
-        import babelora.train.experts_recipe  # noqa: F401
+        import babelora.methods.experts.recipe  # noqa: F401
 
         experts = ("experts", {"rank": 8, "alpha": 16.0})
     except ImportError:
@@ -444,8 +443,8 @@ def quality_systems(args) -> dict[str, tuple[str, dict]]:
 
 def load_trained(final: Path, recipe: str):
     """(WhisperHandle, adapter or None) from a run's export folder."""
-    from babelora.models.adapter_loading import apply_peft_adapter
-    from babelora.models.molora import load_molora
+    from babelora.methods.loading import apply_peft_adapter
+    from babelora.methods.molora.model import load_molora
     from babelora.models.whisper import load_whisper
 
     handle = load_whisper(None, prompt_style="multilingual")
@@ -476,7 +475,7 @@ def test_loss(handle, adapter, utts, batch_size: int = 16) -> dict:
     import torch.nn.functional as F
 
     from babelora.data.collate import SpeechDataset, WhisperCollator
-    from babelora.models.molora import route_batch
+    from babelora.methods.molora.model import route_batch
 
     collator = WhisperCollator(handle.tokenizer, LANGS, handle.prompt_style)
     dataset = SpeechDataset(utts, handle.n_mels)
@@ -522,9 +521,9 @@ def evaluate(handle, adapter, clean, noisy) -> dict:
 def part_quality(args, clean, noisy) -> dict:
     from accelerate.state import AcceleratorState, GradientState
 
-    from babelora.analysis.routing import collect_routing_usage, plot_usage
+    from babelora.methods.molora.analysis import collect_routing_usage, plot_usage
+    from babelora.methods.registry import train
     from babelora.models.whisper import load_whisper
-    from babelora.train.loop import train
 
     results: dict[str, dict] = {}
     t0 = time.perf_counter()

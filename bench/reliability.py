@@ -142,8 +142,9 @@ def memory(minutes: float, tiny_random: bool) -> dict:
     import psutil
     import torch
 
+    from babelora.methods.registry import train
     from babelora.train.config import load_train_config
-    from babelora.train.loop import Trainer, train
+    from babelora.train.loop import Trainer
 
     torch.set_num_threads(1)
     corpus = WORK / "corpus"

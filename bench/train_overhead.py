@@ -130,7 +130,7 @@ class StepClock:
 def run_trainer(cfg, warmup: int) -> tuple[float, float, float]:
     """(wall s, CPU s, audio s) of the trainer's steps after `warmup`. The clock ticks where
     the loop advances its progress bar, once per step after logging/eval/save."""
-    from babelora.train import loop
+    from babelora.methods.registry import train
     from babelora.train.logging import MetricLogger
 
     reset_accelerate()
@@ -143,7 +143,7 @@ def run_trainer(cfg, warmup: int) -> tuple[float, float, float]:
 
     MetricLogger.advance = advance
     try:
-        loop.train(cfg)
+        train(cfg)
     finally:
         MetricLogger.advance = original
     rows = [
@@ -158,9 +158,9 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     """The same steps as a bare PyTorch loop on the same model, batches and device."""
     import torch.nn.functional as F
 
+    from babelora.methods.registry import build_recipe
     from babelora.train.data import build_run_data
     from babelora.train.optim import build_optimizer, build_scheduler
-    from babelora.train.recipes import build_recipe
 
     torch.manual_seed(cfg.seed)
     recipe = build_recipe(cfg)

@@ -45,3 +45,24 @@ def tone_wav(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts from a clean slate."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    """A tiny two-language train/dev corpus (tests/reference/corpus.py)."""
+    from reference.corpus import write_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root)
+    write_corpus(root, {"de": 2, "fr": 2}, seed=1, name="dev")
+    return root

@@ -12,10 +12,9 @@ from babelora.data.audio import load_audio, log_mel
 from babelora.data.collate import IGNORE_INDEX, SpecAugment, SpeechDataset, WhisperCollator
 from babelora.data.manifest import Utterance, read_manifest
 from babelora.errors import LanguageError, ManifestError
-from babelora.models.prompts import whisper_prompt_ids
+from babelora.data.prompts import whisper_prompt_ids
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from corpus import write_corpus  # noqa: E402
+from reference.corpus import write_corpus
 
 
 @pytest.fixture(scope="module")

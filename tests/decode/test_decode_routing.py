@@ -13,7 +13,7 @@ from babelora.adapters import LoRAConfig, export_peft, inject, language_experts,
 from babelora.decode.routing import adapter_batch_hook, predict_languages
 from babelora.decode.runner import Request, RunnerOptions, decode_requests
 from babelora.decode.search import DecodeOptions
-from babelora.models.adapter_loading import apply_peft_adapter
+from babelora.methods.loading import apply_peft_adapter
 from babelora.models.lid import LidHead
 from babelora.models.whisper import tiny_random_whisper
 

@@ -8,13 +8,11 @@ from babelora.cli import main as cli_main
 
 
 def test_score_is_a_registered_command():
-    assert "babelora.cli.score" in cli_main.COMMAND_MODULES
+    assert cli_main.score in cli_main.COMMANDS
 
 
 @pytest.fixture
-def run(monkeypatch):
-    # only this command: the other command modules are written in parallel
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ("babelora.cli.score",))
+def run():
     return cli_main.main
 
 

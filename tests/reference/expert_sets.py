@@ -17,8 +17,8 @@ def make_expert_set(
 ) -> Path:
     """Experts with random A and B (B scaled by `scale`) on tiny_random_whisper(seed=0)."""
     from babelora.adapters import LoRAConfig, inject, language_experts
+    from babelora.methods.experts.expert_sets import export_expert_set
     from babelora.models.whisper import tiny_random_whisper
-    from babelora.train.expert_sets import export_expert_set
 
     handle = tiny_random_whisper(seed=0)
     lora = LoRAConfig(rank=rank, alpha=2.0 * rank, targets=targets)

@@ -1,4 +1,5 @@
-"""Dense, obviously-correct reference for babelora.adapters.moe_projector (slow; tests only).
+"""Dense, obviously-correct reference for babelora.methods.speech_llm.moe_projector (slow;
+tests only).
 
 Routing is recomputed frame by frame in Python from the router's logits, and every expert is
 run on every frame with plain matmuls; the output is the dense weighted sum over all experts.

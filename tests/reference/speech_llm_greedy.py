@@ -1,4 +1,5 @@
-"""Slow greedy decoding for babelora.models.speech_llm (tests only): one utterance at a time, no
+"""Slow greedy decoding for babelora.methods.speech_llm.model (tests only): one utterance at a
+time, no
 padding, no KV cache - the full sequence [speech, prompt, generated tokens] is re-run each step."""
 
 from __future__ import annotations

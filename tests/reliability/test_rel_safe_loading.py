@@ -166,7 +166,7 @@ def pickled_adapter(peft_dir: Path, folder: Path, marker: Path | None) -> Path:
 
 def test_peft_adapter_with_pickle_payload(peft_dir, tiny_dir, tmp_path, marker, capsys):
     from babelora.adapters import LoRAConfig, inject, language_experts, load_peft_expert
-    from babelora.models.adapter_loading import apply_peft_adapter
+    from babelora.methods.loading import apply_peft_adapter
     from babelora.models.whisper import load_whisper
 
     folder = pickled_adapter(peft_dir, tmp_path / "evil", marker)
@@ -258,10 +258,8 @@ def test_training_checkpoint_folders_never_unpickle(tmp_path, marker):
 
 
 def test_train_resume_from_a_forged_checkpoint(tmp_path, marker, capsys):
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from corpus import config_yaml
+    from reference.corpus import config_yaml
 
     from babelora.train import checkpoint as ckpt
 
@@ -277,7 +275,7 @@ def test_train_resume_from_a_forged_checkpoint(tmp_path, marker, capsys):
 # ----------------------------------------------------------------------------- expert sets
 def test_expert_set_with_pickle_payload(tiny_dir, tmp_path, marker, capsys):
     from babelora.adapters import LoRAConfig, inject, language_experts, save_adapter_set
-    from babelora.models.adapter_loading import load_expert_set
+    from babelora.methods.loading import load_expert_set
     from babelora.models.whisper import load_whisper
 
     good = tmp_path / "set"
@@ -413,10 +411,8 @@ def test_config_and_recipe_yaml_never_construct_objects(tmp_path, marker):
 
 # ----------------------------------------------------------------------------- data root
 def test_train_config_data_root_refuses_escaping_paths(tmp_path, capsys):
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from corpus import config_yaml, write_corpus
+    from reference.corpus import config_yaml, write_corpus
 
     data = tmp_path / "data"
     write_corpus(data)  # audio/ under data/, manifest train.jsonl with relative paths

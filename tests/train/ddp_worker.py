@@ -10,8 +10,8 @@ from pathlib import Path
 def main() -> None:
     from accelerate import PartialState
 
+    from babelora.methods.registry import train
     from babelora.train.config import load_train_config
-    from babelora.train.loop import train
 
     cfg = load_train_config(sys.argv[1], sys.argv[2:])
     result = train(cfg)

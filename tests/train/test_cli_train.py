@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from corpus import config_yaml
+from reference.corpus import config_yaml
 
 from babelora.cli.main import main
 

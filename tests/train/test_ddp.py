@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import config_yaml
+from reference.corpus import config_yaml
 
+from babelora.methods.registry import train
 from babelora.train import checkpoint as ckpt
 from babelora.train.config import load_train_config
-from babelora.train.loop import train
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 

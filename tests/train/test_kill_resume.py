@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import config_yaml
+from reference.corpus import config_yaml
 
+from babelora.methods.registry import train
 from babelora.train import checkpoint as ckpt
 from babelora.train.config import load_train_config
-from babelora.train.loop import train
 
 # full fine-tuning: ~40 MB per checkpoint, so a write lasts long enough to be caught mid-way
 EXTRA = {

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpus import base_config
+from reference.corpus import base_config
 
 from babelora.config import build_dataclass
 from babelora.errors import ConfigError
+from babelora.methods.finetune.recipe import LoraParams, build_lora
+from babelora.methods.registry import train
 from babelora.train import checkpoint as ckpt
+from babelora.train import loop
 from babelora.train.config import TrainConfig
-from babelora.train.evaluation import EVAL_HOOKS, register_eval_hook
-from babelora.train.loop import train
-from babelora.train.recipes import RECIPES, LossOutput, build_lora, register_recipe
+from babelora.train.recipe import LossOutput
 
 
 def make_cfg(corpus_dir: Path, out: Path, **extra) -> TrainConfig:
@@ -93,64 +94,49 @@ def test_second_run_on_same_folder_refused(corpus_dir, tmp_path):
     train(make_cfg(corpus_dir, out, max_steps=1))  # the lock is free again
 
 
-@pytest.fixture
-def aux_recipe():
-    @register_recipe("test_aux")
-    def build(cfg):
-        recipe = build_lora(cfg)
-        base = recipe.loss_fn
+def build_aux(cfg):
+    """A LoRA recipe with two auxiliary losses: the engine takes any builder."""
+    recipe = build_lora(cfg, LoraParams())
+    base = recipe.loss_fn
 
-        def loss_fn(model, batch):
-            out = base(model, batch)
-            lora = [p for n, p in model.named_parameters() if "lora_B" in n]
-            l2 = sum((p.float() ** 2).sum() for p in lora)
-            return LossOutput(out.loss, {"l2": l2, "const": torch.ones(())})
+    def loss_fn(model, batch):
+        out = base(model, batch)
+        lora = [p for n, p in model.named_parameters() if "lora_B" in n]
+        l2 = sum((p.float() ** 2).sum() for p in lora)
+        return LossOutput(out.loss, {"l2": l2, "const": torch.ones(())})
 
-        recipe.loss_fn = loss_fn
-        recipe.aux_loss_weights = {"const": 0.0}
-        return recipe
-
-    yield
-    RECIPES.pop("test_aux")
+    recipe.loss_fn = loss_fn
+    recipe.aux_loss_weights = {"const": 0.0}
+    return recipe
 
 
-def test_aux_losses_weighted_and_logged(corpus_dir, tmp_path, aux_recipe):
-    extra = {"recipe.name": "test_aux", "max_steps": 2}
+def test_aux_losses_weighted_and_logged(corpus_dir, tmp_path):
+    extra = {"max_steps": 2}
     with pytest.raises(ConfigError, match="no weight for auxiliary loss 'l2'"):
-        train(make_cfg(corpus_dir, tmp_path / "a", **extra))
-    train(make_cfg(corpus_dir, tmp_path / "b", **extra, **{"recipe.aux_loss_weights": {"l2": 0.5}}))
+        loop.train(make_cfg(corpus_dir, tmp_path / "a", **extra), build_aux)
+    weights = {"recipe.aux_loss_weights": {"l2": 0.5}}
+    loop.train(make_cfg(corpus_dir, tmp_path / "b", **extra, **weights), build_aux)
     logged = rows(tmp_path / "b")
     assert logged[0]["train/aux/l2"] == 0.0  # lora_B starts at zero
     assert logged[1]["train/aux/l2"] > 0.0
     assert logged[0]["train/aux/const"] == 1.0
 
 
-@pytest.fixture
-def score_hook():
-    calls = []
+def test_eval_hook_keep_best_and_export(corpus_dir, tmp_path, tiny_handle):
+    score_hook = []
 
-    @register_eval_hook("test_score")
-    def build(cfg):
-        def evaluate(model, recipe, utts, *, step):
-            assert not model.training and utts
-            calls.append(step)
-            return {"score": float(abs(step - 2)), "score/de": 0.0}
+    def evaluate(model, recipe, utts, *, step):
+        assert not model.training and utts
+        score_hook.append(step)
+        return {"score": float(abs(step - 2)), "score/de": 0.0}
 
-        return evaluate
-
-    yield calls
-    EVAL_HOOKS.pop("test_score")
-
-
-def test_eval_hook_keep_best_and_export(corpus_dir, tmp_path, score_hook, tiny_handle):
     extra = {
         "data.dev": [str(corpus_dir / "dev.jsonl")],
         "eval.every": 1,
-        "eval.hook": "test_score",
         "checkpoint": {"save_every": 1, "keep_last": 1, "keep_best": 1, "best_metric": "score"},
         "max_steps": 4,
     }
-    result = train(make_cfg(corpus_dir, tmp_path / "run", **extra))
+    result = train(make_cfg(corpus_dir, tmp_path / "run", **extra), evaluate)
     assert score_hook == [1, 2, 3, 4]
     kept = [p.name for _, p in ckpt.list_checkpoints(tmp_path / "run" / ckpt.CKPT_DIR)]
     assert kept == ["step-00000002", "step-00000004"]

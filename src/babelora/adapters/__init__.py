@@ -1,4 +1,4 @@
-"""babelora.adapters: one expert layer for LoRA, language experts, MoLoRA and fusion.
+"""babelora.adapters: one expert layer for LoRA, language experts and MoLoRA.
 
 Quick use:
     handle = inject(model, MoLoRAConfig(languages=("de", "fr"), num_shared=1))
@@ -14,15 +14,7 @@ from babelora.adapters.config import (
     lora_only,
 )
 from babelora.adapters.context import RoutingContext
-from babelora.adapters.expert_linear import ExpertLoRALinear, MoLoRALinear
-from babelora.adapters.fusion import (
-    FusionResult,
-    average_weights,
-    copy_experts,
-    fuse_weight_space,
-    gated_fusion_config,
-    learned_fusion_config,
-)
+from babelora.adapters.expert_linear import ExpertLoRALinear
 from babelora.adapters.inject import PRESETS, AdapterHandle, find_targets, inject
 from babelora.adapters.peft_io import (
     export_peft,
@@ -40,22 +32,15 @@ __all__ = [
     "ROUTERS",
     "AdapterHandle",
     "ExpertLoRALinear",
-    "FusionResult",
     "LoRAConfig",
     "MoLoRAConfig",
-    "MoLoRALinear",
     "RouterInputs",
     "Routing",
     "RoutingContext",
-    "average_weights",
-    "copy_experts",
     "export_peft",
     "find_targets",
-    "fuse_weight_space",
-    "gated_fusion_config",
     "inject",
     "language_experts",
-    "learned_fusion_config",
     "load_adapter_set",
     "load_language_adapters",
     "load_peft_expert",

@@ -293,7 +293,3 @@ class ExpertLoRALinear(nn.Module):
             f"key={self.key!r}, shared={self.num_shared}, routed={self.num_routed}, "
             f"rank={self.rank}, scaling={self.scaling:g}, router={router}, stream={self.stream}"
         )
-
-
-MoLoRALinear = ExpertLoRALinear
-"""Issue 5's name for the same layer (shared + routed experts)."""

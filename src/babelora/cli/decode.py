@@ -77,12 +77,12 @@ def _load(args: argparse.Namespace):
         allow_pickle=args.allow_pickle,
     )
     if args.adapter:
-        from babelora.models.adapter_loading import apply_peft_adapter
+        from babelora.methods.loading import apply_peft_adapter
 
         apply_peft_adapter(handle, args.adapter)
     adapter = None
     if args.experts:
-        from babelora.models.adapter_loading import load_expert_set
+        from babelora.methods.loading import load_expert_set
 
         adapter = load_expert_set(handle, args.experts)
     return handle, adapter

@@ -1,28 +1,34 @@
 """`babelora <command>`: a dispatch table over small per-command modules.
 
-Each module in COMMAND_MODULES defines `register(subparsers)`, which adds its sub-command(s) and
-sets `func` (called with the parsed args, returning an exit code). User errors (BabeloraError)
-become one line on stderr and exit code 2; a batch job with failed items returns 1.
+Each module in COMMANDS defines `register(subparsers)`, which adds its sub-command(s) and sets
+`func` (called with the parsed args, returning an exit code). A method's verbs live in its own
+folder (`methods/<name>/cli.py`, `merging/cli.py`); this file only lists them. User errors
+(BabeloraError) become one line on stderr and exit code 2; a batch job with failed items
+returns 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from babelora.cli import corpus, decode, score, train
 from babelora.errors import BabeloraError
+from babelora.merging import cli as merging_cli
+from babelora.methods.experts import cli as experts_cli
+from babelora.methods.molora import cli as molora_cli
+from babelora.methods.speech_llm import cli as speech_llm_cli
 
-COMMAND_MODULES = (
-    "babelora.cli.decode",  # transcribe, translate, evaluate
-    "babelora.cli.score",  # score
-    "babelora.cli.merge",  # merge (LoRS, TIES, DARE, task arithmetic; models or LoRAs)
-    "babelora.cli.corpus",  # corpus build / langs / import {covost2,mustc,fleurs}
-    "babelora.cli.stages",  # train-stages (multi-stage training, e.g. the speech-LLM)
-    "babelora.cli.train",  # train (recipes: full, lora, ...)
-    "babelora.cli.analyze",  # analyze routing (per-language expert usage heatmap)
-    "babelora.cli.experts",  # experts fuse / train-lid / export (LoRA language experts)
+COMMANDS = (
+    decode,  # transcribe, translate, evaluate
+    score,  # score
+    merging_cli,  # merge (LoRS, TIES, DARE, task arithmetic; models or LoRAs)
+    corpus,  # corpus build / langs / import {covost2,mustc,fleurs}
+    speech_llm_cli,  # train-stages (multi-stage training, e.g. the speech-LLM)
+    train,  # train (recipes: full, lora, experts, molora, ...)
+    molora_cli,  # analyze routing (per-language expert usage heatmap)
+    experts_cli,  # experts fuse / train-lid / export (LoRA language experts)
 )
 
 
@@ -33,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

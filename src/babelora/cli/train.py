@@ -26,11 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from babelora.train.config import load_train_config
-    from babelora.train.loop import train
+    from babelora.methods.registry import load_config, train
 
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
     result = train(cfg)
     from accelerate import PartialState
 

@@ -31,7 +31,7 @@ import torch
 from babelora.data.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel
 from babelora.data.manifest import Utterance
 from babelora.errors import AudioError, LanguageError, ManifestError
-from babelora.models.prompts import EOT, token_id, whisper_prompt_ids
+from babelora.data.prompts import EOT, token_id, whisper_prompt_ids
 
 IGNORE_INDEX = -100
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
@@ -131,7 +131,7 @@ class WhisperCollator:
     Args:
         tokenizer: a Whisper tokenizer (transformers).
         languages: the configured language list; `lang_ids` index into it.
-        prompt_style: `multilingual` or `english` (see `babelora.models.prompts`).
+        prompt_style: `multilingual` or `english` (see `babelora.data.prompts`).
         pad_to_30s: pad every batch to 3000 frames (the released Whisper encoder needs it).
         min_input_seconds: pad every batch to at least this long (match the decoder's setting,
             so training and inference show the encoder the same amount of padding).

@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from babelora.data.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel
+from babelora.data.prompts import whisper_prompt_ids
 from babelora.decode.search import DecodeOptions, RowHook, generate
 from babelora.errors import AudioError, BabeloraError
-from babelora.models.prompts import whisper_prompt_ids
 
 log = logging.getLogger(__name__)
 

@@ -356,18 +356,6 @@ def get_identifier(config: LangIdConfig = LangIdConfig()) -> LanguageIdentifier:
     return model
 
 
-def detect_language(
-    texts: Sequence[str], candidates: Iterable[str] | None = None, min_letters: int = 10
-) -> list[str | None]:
-    """Language code of each text (None when too short to judge), with the default model."""
-    return get_identifier().predict(list(texts), candidates, min_letters)
-
-
-def supported_languages() -> tuple[str, ...]:
-    """Codes the default identifier can tell apart."""
-    return get_identifier().langs
-
-
 def heldout_accuracy(
     model: LanguageIdentifier | None = None, min_letters: int = 25
 ) -> tuple[float, int]:

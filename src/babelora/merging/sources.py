@@ -277,10 +277,8 @@ def open_base(spec: str | None, allow_pickle: bool = False) -> TensorSource:
     `load_whisper` and is held in memory as one state dict."""
     if spec is not None and _is_safetensors_checkpoint(Path(spec).expanduser()):
         return open_checkpoint(Path(spec).expanduser(), allow_pickle)
-    try:  # lazy: keeps merging importable without transformers
-        from babelora.models.whisper import load_whisper
-    except ImportError as err:
-        raise MergeError(f"base {spec!r}: not a safetensors checkpoint ({err})") from None
+    from babelora.models.whisper import load_whisper  # lazy: transformers is slow to import
+
     try:
         handle = load_whisper(spec, allow_pickle=allow_pickle, variable_length=False)
     except (BabeloraError, OSError, ValueError) as err:

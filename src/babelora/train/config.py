@@ -97,7 +97,7 @@ class OptimConfig:
 class RecipeConfig:
     """What is trained: a registered recipe (see docs/adding_a_recipe.md) and its parameters."""
 
-    name: str = "lora"  # full | lora | ... (babelora.train.recipes.RECIPES)
+    name: str = "lora"  # full | lora | ... (babelora.train.recipe.RECIPES)
     params: dict[str, Any] = field(default_factory=dict)  # validated by the recipe itself
     aux_loss_weights: dict[str, float] = field(default_factory=dict)  # weight per auxiliary loss
 

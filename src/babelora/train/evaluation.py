@@ -1,21 +1,22 @@
 """Periodic evaluation during training: dev loss, plus pluggable metrics (WER/BLEU) through hooks.
 
 Dev loss is always computed (token-averaged cross-entropy over the dev set, sharded over ranks).
-Further metrics come from an `EvaluateFn` named by `eval.hook` in the config and registered with
-`@register_eval_hook(name)`; it runs on the main process with the unwrapped model in eval mode
-and returns flat metrics such as `{"error_rate": 21.0, "wer/de": 18.2, "bleu/fr-en": 23.4}`.
-Built in: `decode` (greedy/beam decoding of the dev set, per-language WER/CER and BLEU).
+Further metrics come from an `EvaluateFn` named by `eval.hook` in the config (EVAL_HOOKS); it runs
+on the main process with the unwrapped model in eval mode and returns flat metrics such as
+`{"error_rate": 21.0, "wer/de": 18.2, "bleu/fr-en": 23.4}`. Built in: `decode` (greedy/beam
+decoding of the dev set, per-language WER/CER and BLEU; when the recipe carries expert layers,
+`recipe.adapter`, each row is routed to its language as `--experts` decoding does).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from babelora.data.collate import IGNORE_INDEX
 from babelora.data.manifest import Utterance
 from babelora.errors import ConfigError
 
@@ -29,28 +30,12 @@ class EvaluateFn(Protocol):
 
 
 EvalHookBuilder = Callable[[Any], EvaluateFn]  # TrainConfig -> EvaluateFn
-EVAL_HOOKS: dict[str, EvalHookBuilder] = {}
-EVAL_HOOK_MODULES: tuple[str, ...] = (
-    # modules that register evaluation hooks when imported; one line per module
-)
-
-
-def register_eval_hook(name: str) -> Callable[[EvalHookBuilder], EvalHookBuilder]:
-    """Decorator: make `eval.hook: <name>` build this hook from the TrainConfig."""
-
-    def add(builder: EvalHookBuilder) -> EvalHookBuilder:
-        EVAL_HOOKS[name] = builder
-        return builder
-
-    return add
 
 
 def build_eval_hook(cfg: Any) -> EvaluateFn | None:
     """The hook named by `cfg.eval.hook` (None when unset)."""
     if cfg.eval.hook is None:
         return None
-    for module in EVAL_HOOK_MODULES:
-        importlib.import_module(module)
     builder = EVAL_HOOKS.get(cfg.eval.hook)
     if builder is None:
         known = ", ".join(sorted(EVAL_HOOKS)) or "none registered"
@@ -70,16 +55,16 @@ def dev_loss_sums(
     for batch in batches:
         out = loss_fn(model, to_device(batch))
         total[0] += float(out.loss)
-        total[1] += int((batch["labels"] != -100).sum())
+        total[1] += int((batch["labels"] != IGNORE_INDEX).sum())
     return total
 
 
-@register_eval_hook("decode")
 def build_decode_hook(cfg: Any) -> EvaluateFn:
     """Decode the dev set and score it: `wer/<lang>` (or `cer/<lang>`) for ASR, `bleu/<src>-<tgt>`
     for ST, and their macro averages `error_rate` and `bleu` (WER/CER after Whisper's
     normalizers, BLEU with sacrebleu; babelora.evaluate.metrics). Inputs are padded as in training
     (`data.pad_to_30s`, `data.min_input_seconds`), so the scores see what training saw."""
+    from babelora.decode.routing import adapter_batch_hook
     from babelora.decode.runner import Request, RunnerOptions, decode_requests
     from babelora.decode.search import DecodeOptions
     from babelora.evaluate.metrics import asr_metric, bleu, error_rate
@@ -97,7 +82,16 @@ def build_decode_hook(cfg: Any) -> EvaluateFn:
     def evaluate(model: nn.Module, recipe: Any, utts: list[Utterance], *, step: int) -> dict:
         handle = WhisperHandle(model, recipe.tokenizer, f"step {step}", recipe.prompt_style)
         requests = [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
-        results = decode_requests(handle, requests, search, runner)
+        adapter = getattr(recipe, "adapter", None)
+        if adapter is None:
+            results = decode_requests(handle, requests, search, runner)
+        else:
+            try:
+                hook = adapter_batch_hook(adapter)
+                results = decode_requests(handle, requests, search, runner, before_batch=hook)
+            finally:
+                adapter.context.stop_decoding()
+                adapter.context.clear()
         groups: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
         for utt, res in zip(utts, results):
             if res.error is None:
@@ -124,3 +118,6 @@ def build_decode_hook(cfg: Any) -> EvaluateFn:
         return metrics
 
     return evaluate
+
+
+EVAL_HOOKS: dict[str, EvalHookBuilder] = {"decode": build_decode_hook}

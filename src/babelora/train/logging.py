@@ -8,13 +8,10 @@ redone) are dropped first, and TensorBoard purges them too, so the logs read as 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger("babelora.train")
 
 
 def trim_jsonl(path: Path, max_step: int) -> None:
@@ -64,12 +61,9 @@ class MetricLogger:
         trim_jsonl(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
-            except ImportError:  # pragma: no cover - tensorboard is a declared dependency
-                log.warning("tensorboard is not installed: no TensorBoard logs")
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1)
         if progress_bar:
             from tqdm.auto import tqdm
 

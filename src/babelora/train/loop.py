@@ -36,7 +36,7 @@ from babelora.train.data import RunData, build_run_data
 from babelora.train.evaluation import EvaluateFn, build_eval_hook, dev_loss_sums
 from babelora.train.logging import MetricLogger
 from babelora.train.optim import build_optimizer, build_scheduler
-from babelora.train.recipes import Recipe, build_recipe
+from babelora.train.recipe import Recipe, RecipeBuilder
 
 log = logging.getLogger("babelora.train")
 
@@ -125,9 +125,15 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    """The state of one run; `run()` is the loop. Use `train(cfg)`."""
+    """The state of one run; `run()` is the loop. Use `train(cfg, build)`."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Any, evaluate_fn: EvaluateFn | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        build: RecipeBuilder,
+        accelerator: Any,
+        evaluate_fn: EvaluateFn | None,
+    ) -> None:
         from accelerate.utils import set_seed
 
         self.acc = accelerator
@@ -137,7 +143,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         set_seed(cfg.seed)
-        self.recipe: Recipe = build_recipe(cfg)
+        self.recipe: Recipe = build(cfg)
         self.data = build_run_data(
             cfg, self.recipe, accelerator.num_processes, accelerator.process_index
         )
@@ -422,12 +428,15 @@ class Trainer:
         return target
 
 
-def train(cfg: TrainConfig, evaluate_fn: EvaluateFn | None = None) -> RunResult:
-    """Run (or resume) the training described by `cfg`; see the module docstring."""
+def train(
+    cfg: TrainConfig, build: RecipeBuilder, evaluate_fn: EvaluateFn | None = None
+) -> RunResult:
+    """Run (or resume) the training described by `cfg` with the recipe `build(cfg)` returns (the
+    engine knows no method: `babelora.methods.registry.train` passes the registered builder)."""
     accelerator = make_accelerator(cfg)
     lock = _lock(cfg, accelerator)
     try:
-        trainer = Trainer(cfg, accelerator, evaluate_fn)
+        trainer = Trainer(cfg, build, accelerator, evaluate_fn)
         trainer.resume_or_start()  # refuses a folder with checkpoints unless resuming
         if accelerator.is_main_process:
             _check_resumed_config(trainer)

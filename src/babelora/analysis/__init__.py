@@ -1,1 +1,0 @@
-"""babelora.analysis: looking inside trained models (expert routing per language)."""

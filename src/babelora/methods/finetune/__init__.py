@@ -1,0 +1,1 @@
+"""babelora.methods.finetune: full and LoRA fine-tuning baselines."""

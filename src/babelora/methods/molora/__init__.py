@@ -1,0 +1,1 @@
+"""babelora.methods.molora."""

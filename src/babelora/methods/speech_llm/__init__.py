@@ -1,0 +1,1 @@
+"""babelora.methods.speech_llm."""

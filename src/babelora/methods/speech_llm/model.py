@@ -1,0 +1,534 @@
+"""Speech-LLM: Whisper encoder -> projector (linear or MoE) -> causal LM (arXiv 2511.10670).
+
+Layout of one sequence (left-padded prefix, so every row's target starts at the same index and
+generation appends to every row at once; positions count from each row's first real token):
+
+    [pad ..] [speech frames (projector)] [prompt tokens] | [target tokens] <eos> [pad ..]
+
+The prompt is `babelora.data.prompts.llm_prompt(task, lang, target_lang)` - the same text at
+training and at inference - followed, for a Whisper-decoder LM, by Whisper's own decoder start
+tokens (`whisper_prompt_ids`, config `whisper_prefix`) so the pretrained decoder is in
+transcription mode. The loss is cross-entropy on the target tokens and <eos> only, averaged over
+tokens. The projector's auxiliary losses come back unweighted in `aux_losses`;
+`total_loss` weights them with `losses` (projector_losses.ProjectorLossConfig).
+
+The LM is any transformers causal LM (`lm`: a hub id or folder), or the decoder of the
+encoder's Whisper (`whisper-decoder`, the offline default with tiny.en). `SpeechLLM.lm` is a
+plain attribute so LoRA / MoLoRA can be injected into it by name patterns.
+
+Shapes: B batch, F mel frames, T encoder frames, T' projector frames, S sequence, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from babelora.data.prompts import llm_prompt, whisper_prompt_ids
+from babelora.errors import ConfigError, ModelLoadError
+from babelora.methods.speech_llm.losses import (
+    ProjectorLossConfig,
+    frame_labels,
+    projector_aux_losses,
+    weighted_aux_loss,
+)
+from babelora.methods.speech_llm.moe_projector import ProjectorRouting
+from babelora.methods.speech_llm.projector import Projector, ProjectorConfig, ProjectorOutput
+from babelora.methods.speech_llm.whisper_lm import WhisperDecoderLM
+
+ENCODER_FRAME_SECONDS = 0.02  # Whisper: 10 ms mel hop, halved by the encoder's strided conv
+WHISPER_LM = "whisper-decoder"
+
+
+@dataclass(frozen=True)
+class SpeechLLMConfig:
+    """A speech-LLM: which encoder and LM, the projector, what trains, decoding defaults."""
+
+    encoder: str | None = None  # Whisper id / folder / CTranslate2 folder; None = offline tiny.en
+    lm: str = WHISPER_LM  # causal LM id/folder, or 'whisper-decoder' (the encoder's Whisper)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    losses: ProjectorLossConfig = field(default_factory=ProjectorLossConfig)
+    freeze_encoder: bool = True
+    freeze_projector: bool = False
+    freeze_lm: bool = True  # LoRA/MoLoRA injected into `lm` afterwards stays trainable
+    # Whisper start tokens after the text prompt: auto = the Whisper's own style for a
+    # Whisper-decoder LM, none for other LMs; english = <|sot|><|notimestamps|>; multilingual
+    # = with language and task tokens.
+    whisper_prefix: Literal["auto", "none", "english", "multilingual"] = "auto"
+    target_leading_space: bool = True  # ' text' as Whisper/GPT-2 BPE LMs saw it in pretraining
+    max_new_tokens: int = 128
+    num_beams: int = 1
+    length_penalty: float = 1.0  # beam score / length**length_penalty
+
+
+@dataclass
+class SpeechLLMBatch:
+    """Model inputs. features (B, n_mels, F) padded log-mel; feature_lengths (B,); token lists
+    per utterance (targets end with <eos>); frame_labels (B, T') language groups or None;
+    replay (B,) bool, True for utterances replayed from an earlier stage's data."""
+
+    features: Tensor
+    feature_lengths: Tensor
+    prompt_ids: list[list[int]]
+    target_ids: list[list[int]] | None = None
+    frame_labels: Tensor | None = None
+    replay: Tensor | None = None
+    ids: list[str] | None = None
+
+    def to(self, device: torch.device | str) -> SpeechLLMBatch:
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        return SpeechLLMBatch(**{k: move(v) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class SpeechLLMOutput:
+    """loss: CE per target token; logits (B, L, V) at target positions; labels (B, L) (-100 =
+    padding); aux_losses: unweighted projector losses; routing: MoE decision (or None)."""
+
+    loss: Tensor
+    logits: Tensor
+    labels: Tensor
+    aux_losses: dict[str, Tensor]
+    routing: ProjectorRouting | None
+    num_tokens: int
+
+
+def encoder_lengths(feature_lengths: Tensor) -> Tensor:
+    """Whisper encoder frames for F mel frames: ceil(F / 2) (conv2 has stride 2, padding 1)."""
+    return torch.div(feature_lengths + 1, 2, rounding_mode="floor")
+
+
+class SpeechLLM(nn.Module):
+    """encoder (a Whisper encoder) -> `Projector` -> `lm` (a causal LM) with `tokenizer`."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        lm: nn.Module,
+        tokenizer: Any,
+        cfg: SpeechLLMConfig = SpeechLLMConfig(),
+        whisper_style: str = "english",
+    ) -> None:
+        super().__init__()
+        from babelora.models.whisper import enable_variable_length
+
+        if not getattr(encoder, "variable_length", False):
+            enable_variable_length(encoder)
+        self.cfg = cfg
+        self.encoder = encoder
+        self.lm = lm
+        self.tokenizer = tokenizer
+        d_in = int(encoder.config.d_model)
+        d_out = int(lm.get_input_embeddings().embedding_dim)
+        self.projector = Projector(cfg.projector, d_in, d_out)
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ConfigError("the LM's tokenizer has no eos token; set tokenizer.eos_token")
+        prefix = cfg.whisper_prefix
+        if prefix == "auto":
+            prefix = whisper_style if isinstance(lm, WhisperDecoderLM) else "none"
+        self.whisper_prefix = prefix
+        self._keep_arg = "logits_to_keep" in inspect.signature(lm.forward).parameters
+        moe = self.projector.moe
+        if moe is not None and cfg.losses.transition_weight > 0:
+            moe.enable_reference_router()
+        self.apply_freeze()
+
+    # ---- parts -----------------------------------------------------------------------------
+    @property
+    def max_positions(self) -> int | None:
+        """Positions the LM can take (Whisper decoder: 448), or None when unknown."""
+        if isinstance(self.lm, WhisperDecoderLM):
+            return self.lm.max_positions
+        return getattr(self.lm.config, "max_position_embeddings", None)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds of audio per projector frame (20 ms x downsampling)."""
+        return ENCODER_FRAME_SECONDS * self.cfg.projector.downsample
+
+    def apply_freeze(self) -> None:
+        """Set requires_grad from the freeze flags (a reference router always stays frozen)."""
+        self.encoder.requires_grad_(not self.cfg.freeze_encoder)
+        self.projector.requires_grad_(not self.cfg.freeze_projector)
+        self.lm.requires_grad_(not self.cfg.freeze_lm)
+        moe = self.projector.moe
+        if moe is not None and moe.reference_router is not None:
+            moe.reference_router.requires_grad_(False)
+
+    def _encoder_trains(self) -> bool:
+        """True when any encoder weight (or adapter injected into it) requires grad."""
+        return any(p.requires_grad for p in self.encoder.parameters())
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        super().train(mode)
+        if not self._encoder_trains():
+            self.encoder.eval()  # a frozen encoder never runs dropout
+        return self
+
+    def load_previous_stage(self, state: dict[str, Tensor], partial: bool = False) -> None:
+        """Start a training stage from the previous stage's weights; then the frozen reference
+        router (transition loss) is set to the loaded router. `partial`: `state` holds only
+        some tensors (e.g. trainable ones)."""
+        state = {k: v for k, v in state.items() if ".reference_router." not in k}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if ".reference_router." not in k]
+        if unexpected or (missing and not partial):
+            bad = unexpected[:3] or missing[:3]
+            raise ModelLoadError(f"previous-stage weights do not fit this speech-LLM: {bad}")
+        moe = self.projector.moe
+        if moe is not None and moe.reference_router is not None:
+            moe.reset_reference_router()
+
+    # ---- text ------------------------------------------------------------------------------
+    def prompt_ids(self, task: str, lang: str, target_lang: str | None = None) -> list[int]:
+        """Token ids of the prompt after the speech (see module docstring)."""
+        text = llm_prompt(task, lang, target_lang)
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.whisper_prefix != "none":
+            ids += whisper_prompt_ids(self.tokenizer, lang, task, target_lang, self.whisper_prefix)
+        return ids
+
+    def target_ids(self, text: str) -> list[int]:
+        """Token ids of a target text, ending with <eos>."""
+        text = text.strip()
+        if self.cfg.target_leading_space and text:
+            text = " " + text
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [self.eos_id]
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def make_batch(
+        self,
+        features: Sequence[Tensor],
+        tasks: Sequence[str],
+        langs: Sequence[str],
+        target_langs: Sequence[str | None] | None = None,
+        targets: Sequence[str] | None = None,
+        segments: Sequence[Any] | None = None,
+        replay: Sequence[bool] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> SpeechLLMBatch:
+        """Batch from per-utterance log-mel (n_mels, F_b) and metadata. Features are padded with
+        each utterance's floor, max - 2 (what Whisper's zero-padded audio gives, as in
+        babelora.data.collate)."""
+        B = len(features)
+        target_langs = list(target_langs) if target_langs is not None else [None] * B
+        lengths = torch.tensor([f.shape[-1] for f in features])
+        padded = torch.stack(
+            [
+                F.pad(f, (0, int(lengths.max()) - f.shape[-1]), value=float(f.max()) - 2.0)
+                for f in features
+            ]
+        )
+        prompts = [self.prompt_ids(t, lg, tl) for t, lg, tl in zip(tasks, langs, target_langs)]
+        tgt = [self.target_ids(t) for t in targets] if targets is not None else None
+        labels = self.frame_labels_for(langs, segments, lengths)
+        return SpeechLLMBatch(
+            features=padded,
+            feature_lengths=lengths,
+            prompt_ids=prompts,
+            target_ids=tgt,
+            frame_labels=labels,
+            replay=torch.tensor(list(replay), dtype=torch.bool) if replay is not None else None,
+            ids=list(ids) if ids is not None else None,
+        )
+
+    def frame_labels_for(
+        self, langs: Sequence[str], segments: Sequence[Any] | None, feature_lengths: Tensor
+    ) -> Tensor | None:
+        """Language-group label of each projector frame (None unless the MoE groups are named)."""
+        group_langs = self.cfg.projector.moe.group_langs
+        if self.projector.moe is None or not group_langs:
+            return None
+        k = self.cfg.projector.downsample
+        n = torch.div(encoder_lengths(feature_lengths.cpu()) + k - 1, k, rounding_mode="floor")
+        return frame_labels(
+            langs,
+            segments,
+            n,
+            self.frame_seconds,
+            group_langs,
+            unknown_lang=self.cfg.losses.unknown_lang,
+        )
+
+    # ---- forward ---------------------------------------------------------------------------
+    def speech_prefix(self, features: Tensor, feature_lengths: Tensor) -> ProjectorOutput:
+        """Log-mel (B, n_mels, F) -> projected speech (B, T', O) and its mask."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._encoder_trains()):
+            states = self.encoder(features).last_hidden_state  # (B, T, D)
+        lengths = encoder_lengths(feature_lengths.to(states.device))
+        mask = torch.arange(states.shape[1], device=states.device)[None] < lengths[:, None]
+        return self.projector(states, mask)
+
+    def _assemble(
+        self,
+        proj: ProjectorOutput,
+        prompts: list[list[int]],
+        targets: list[list[int]] | None,
+        ids: list[str] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Left-padded [speech, prompt] + right-padded target inputs -> embeds (B,S,O),
+        attention mask (B,S), position ids (B,S), labels (B,L) or None."""
+        embed = self.lm.get_input_embeddings()
+        dev, dtype = proj.embeds.device, embed.weight.dtype
+        speech_len = proj.mask.sum(1).tolist()
+        prefixes = [
+            torch.cat(
+                [
+                    proj.embeds[b, : speech_len[b]].to(dtype),
+                    embed(torch.tensor(p, dtype=torch.long, device=dev)),
+                ]
+            )
+            for b, p in enumerate(prompts)
+        ]
+        tgt_lens = [len(t) for t in targets] if targets is not None else [1] * len(prompts)
+        self._check_length(speech_len, prompts, tgt_lens, ids, targets is not None)
+        Lp, Lt = max(len(p) for p in prefixes), max(tgt_lens)
+        width = prefixes[0].shape[-1]
+        rows, masks = [], []
+        for b, prefix in enumerate(prefixes):
+            parts = [prefix.new_zeros(Lp - len(prefix), width), prefix]
+            n_in = tgt_lens[b] - 1  # the last target token (<eos>) is never an input
+            if targets is not None:
+                ids_in = torch.tensor(targets[b][:-1], dtype=torch.long, device=dev)
+                parts += [embed(ids_in), prefix.new_zeros(Lt - 1 - n_in, width)]
+            rows.append(torch.cat(parts))
+            mask = torch.zeros(Lp + (Lt - 1 if targets is not None else 0), dtype=torch.long)
+            mask[Lp - len(prefix) : Lp + (n_in if targets is not None else 0)] = 1
+            masks.append(mask)
+        embeds = torch.stack(rows)
+        attn = torch.stack(masks).to(dev)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        labels = None
+        if targets is not None:
+            labels = torch.full((len(targets), Lt), -100, dtype=torch.long, device=dev)
+            for b, t in enumerate(targets):
+                labels[b, : len(t)] = torch.tensor(t, device=dev)
+        return embeds, attn, positions, labels
+
+    def _check_length(self, speech, prompts, tgt_lens, ids, training: bool) -> None:
+        limit = self.max_positions
+        if limit is None:
+            return
+        for b, (s, p, t) in enumerate(zip(speech, prompts, tgt_lens)):
+            need = s + len(p) + (t - 1 if training else 1)
+            if need > limit:
+                name = ids[b] if ids else f"#{b}"
+                what = f" + target {t} tokens" if training else " + 1 generated token"
+                raise ConfigError(
+                    f"utterance {name}: speech prefix {s} frames + prompt {len(p)} tokens{what} "
+                    f"needs {need} LM positions, more than the LM's {limit}: raise "
+                    f"projector.downsample (now {self.cfg.projector.downsample}) or use "
+                    "shorter audio/targets"
+                )
+
+    def _lm(self, keep: int = 0, **kwargs: Any) -> Any:
+        if self._keep_arg:
+            return self.lm(logits_to_keep=keep, **kwargs)
+        out = self.lm(**kwargs)
+        if keep:
+            out.logits = out.logits[:, -keep:]
+        return out
+
+    def forward(self, batch: SpeechLLMBatch) -> SpeechLLMOutput:
+        """Teacher-forced CE on the targets, plus the projector's unweighted aux losses."""
+        if batch.target_ids is None:
+            raise ValueError("SpeechLLM.forward needs targets; use generate() to decode")
+        proj = self.speech_prefix(batch.features, batch.feature_lengths)
+        embeds, attn, pos, labels = self._assemble(
+            proj, batch.prompt_ids, batch.target_ids, batch.ids
+        )
+        out = self._lm(
+            keep=labels.shape[1],
+            inputs_embeds=embeds,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=False,
+        )
+        logits = out.logits  # (B, L, V): logits[:, j] predicts target token j
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+        )
+        aux: dict[str, Tensor] = {}
+        if proj.routing is not None:
+            aux = projector_aux_losses(
+                proj.routing, batch.frame_labels, batch.replay, self.cfg.losses.transition_kind
+            )
+        return SpeechLLMOutput(loss, logits, labels, aux, proj.routing, int((labels >= 0).sum()))
+
+    def total_loss(self, out: SpeechLLMOutput, step: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """CE + sum_i lambda_i aux_i (lambda_tr annealed by the step within the stage); returns
+        the loss and a dict of floats to log."""
+        aux, weights = weighted_aux_loss(out.aux_losses, self.cfg.losses, step)
+        logs = {"ce": float(out.loss.detach())}
+        logs.update({f"{k}_loss": float(v.detach()) for k, v in out.aux_losses.items()})
+        logs.update({f"{k}_weight": w for k, w in weights.items()})
+        return out.loss + aux, logs
+
+    # ---- decoding --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: SpeechLLMBatch,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        use_cache: bool = True,
+    ) -> list[list[int]]:
+        """Token ids per utterance (without <eos>): greedy (num_beams 1) or beam search, with a
+        KV cache (`use_cache=False` re-runs the full prefix each step; same tokens, slower).
+        Generation stops at the LM's position limit."""
+        proj = self.speech_prefix(batch.features, batch.feature_lengths)
+        embeds, attn, pos, _ = self._assemble(proj, batch.prompt_ids, None, batch.ids)
+        n = max_new_tokens if max_new_tokens is not None else self.cfg.max_new_tokens
+        if self.max_positions is not None:
+            n = min(n, self.max_positions - int(attn.sum(1).max()))
+        beams = num_beams if num_beams is not None else self.cfg.num_beams
+        if beams > 1:
+            return self._beam_search(embeds, attn, pos, n, beams)
+        return self._greedy(embeds, attn, pos, n, use_cache)
+
+    def _greedy(self, embeds: Tensor, attn: Tensor, pos: Tensor, n: int, use_cache: bool):
+        embed = self.lm.get_input_embeddings()
+        B = embeds.shape[0]
+        out = self._lm(
+            keep=1, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=use_cache
+        )
+        next_pos = pos[:, -1:] + 1
+        done = torch.zeros(B, dtype=torch.bool, device=embeds.device)
+        tokens: list[Tensor] = []
+        for step in range(n):
+            tok = out.logits[:, -1].argmax(-1).masked_fill(done, self.eos_id)  # (B,)
+            tokens.append(tok)
+            done |= tok == self.eos_id
+            if bool(done.all()) or step == n - 1:
+                break
+            attn = torch.cat([attn, attn.new_ones(B, 1)], 1)
+            new = embed(tok).unsqueeze(1)  # (B, 1, O)
+            if use_cache:
+                out = self._lm(
+                    inputs_embeds=new,
+                    attention_mask=attn,
+                    position_ids=next_pos,
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
+            else:
+                embeds, pos = torch.cat([embeds, new], 1), torch.cat([pos, next_pos], 1)
+                out = self._lm(
+                    keep=1,
+                    inputs_embeds=embeds,
+                    attention_mask=attn,
+                    position_ids=pos,
+                    use_cache=False,
+                )
+            next_pos = next_pos + 1
+        return [self._strip(row) for row in torch.stack(tokens, 1).tolist()] if tokens else [[]] * B
+
+    def _strip(self, ids: list[int]) -> list[int]:
+        return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
+
+    def _beam_search(self, embeds: Tensor, attn: Tensor, pos: Tensor, n: int, W: int):
+        """Batched beam search over B*W rows; the KV cache follows the beams (reorder_cache)."""
+        embed = self.lm.get_input_embeddings()
+        B, dev = embeds.shape[0], embeds.device
+        out = self._lm(
+            keep=1, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(W)
+        attn = attn.repeat_interleave(W, 0)
+        next_pos = (pos[:, -1:] + 1).repeat_interleave(W, 0)
+        logp = F.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(W, 0)  # (B*W, V)
+        scores = torch.full((B, W), float("-inf"), device=dev)
+        scores[:, 0] = 0.0
+        seqs: list[list[list[int]]] = [[[] for _ in range(W)] for _ in range(B)]
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        done = [False] * B
+        lp = self.cfg.length_penalty
+        for step in range(n):
+            V = logp.shape[-1]
+            cand = (scores.reshape(-1, 1) + logp).view(B, W * V)
+            top_s, top_i = cand.topk(2 * W, dim=-1)
+            src, toks, new_scores = [], [], []
+            for b in range(B):
+                keep: list[tuple[float, int, int]] = []
+                if not done[b]:
+                    for rank, (s, i) in enumerate(zip(top_s[b].tolist(), top_i[b].tolist())):
+                        beam, tok = divmod(i, V)
+                        if tok == self.eos_id:
+                            if rank < W and s > float("-inf"):
+                                finished[b].append((s / (step + 1) ** lp, seqs[b][beam]))
+                        else:
+                            keep.append((s, beam, tok))
+                        if len(keep) == W:
+                            break
+                    done[b] = len(finished[b]) >= W or step == n - 1
+                keep += [(float("-inf"), 0, self.eos_id)] * (W - len(keep))
+                new_scores.append([s for s, _, _ in keep])
+                src += [b * W + beam for _, beam, _ in keep]
+                toks += [t for _, _, t in keep]
+                seqs[b] = [seqs[b][beam] + [t] for _, beam, t in keep]
+            if all(done):
+                break
+            scores = torch.tensor(new_scores, device=dev)
+            src_t = torch.tensor(src, device=dev)
+            cache.reorder_cache(src_t)
+            attn = torch.cat([attn[src_t], attn.new_ones(B * W, 1)], 1)
+            new = embed(torch.tensor(toks, device=dev)).unsqueeze(1)
+            out = self._lm(
+                inputs_embeds=new,
+                attention_mask=attn,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            next_pos = next_pos + 1
+            logp = F.log_softmax(out.logits[:, -1].float(), -1)
+        results = []
+        for b in range(B):
+            hyps = finished[b] or [
+                (s / max(len(q), 1) ** lp, q) for s, q in zip(scores[b].tolist(), seqs[b])
+            ]
+            results.append(max(hyps, key=lambda h: h[0])[1])
+        return results
+
+    def transcribe(self, batch: SpeechLLMBatch, **kwargs: Any) -> list[str]:
+        """Decoded text per utterance (`generate` + detokenisation)."""
+        return [self.decode_text(ids) for ids in self.generate(batch, **kwargs)]
+
+
+def build_speech_llm(
+    cfg: SpeechLLMConfig = SpeechLLMConfig(),
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    handle: Any = None,
+) -> SpeechLLM:
+    """Load the encoder's Whisper (or use `handle`, a loaded WhisperHandle) and the LM named in
+    `cfg`, and build the speech-LLM."""
+    from babelora.methods.speech_llm.whisper_lm import whisper_decoder_lm
+    from babelora.models.whisper import load_whisper
+
+    if handle is None:
+        handle = load_whisper(cfg.encoder, dtype=dtype, device=device)
+    encoder = handle.model.get_encoder()
+    if cfg.lm == WHISPER_LM:
+        lm, tokenizer = whisper_decoder_lm(handle.model), handle.tokenizer
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(cfg.lm, dtype=dtype, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(cfg.lm)
+        except OSError as err:
+            raise ModelLoadError(f"cannot load LM {cfg.lm!r}: {str(err).splitlines()[0]}") from None
+    model = SpeechLLM(encoder, lm, tokenizer, cfg, whisper_style=handle.prompt_style)
+    return model.to(device)
