@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?= -q
 
-.PHONY: install system-deps test test-all lint style demo bench clean
+.PHONY: system-deps install test test-fast style demo bench clean
 
 system-deps:  ## espeak-ng speaks the offline corpus
 	@command -v espeak-ng >/dev/null 2>&1 || { \
@@ -14,8 +14,9 @@ install: system-deps  ## torch first (the CPU wheel on disk), then babelora with
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[offline,dev]"
 
-test: install  ## lint + the full test suite (minutes, CPU only, offline)
+test: install  ## lint, format check + the full test suite (minutes, CPU only, offline)
 	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

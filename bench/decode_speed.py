@@ -147,7 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=80, help="utterances (1-8 s each)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default=None, help="babelora model (default: offline tiny.en)")
+    ap.add_argument("--model", default="tiny.en", help="babelora model (default: offline tiny.en)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", default="", help="comma list of systems to skip")
     ap.add_argument("--out", default=str(ROOT / "results" / "decode_speed.json"))
@@ -158,7 +158,8 @@ def main() -> None:
     import transformers
 
     from babelora.evaluate.metrics import wer
-    from babelora.models.whisper import default_model_path, load_whisper
+    from babelora.models.offline import OFFLINE_MODELS, offline_model_path
+    from babelora.models.whisper import load_whisper
 
     transformers.logging.set_verbosity_error()  # generate()'s deprecation chatter
     rows = build_set(args.n, args.seed)
@@ -166,7 +167,10 @@ def main() -> None:
     print(f"{len(rows)} utterances, {audio:.1f} s of audio", flush=True)
     handle = load_whisper(args.model)
     refs = [r["text"] for r in rows]
-    fw_model = faster_whisper_model(args.model or default_model_path(), args.threads)
+    named = args.model in OFFLINE_MODELS
+    fw_model = faster_whisper_model(
+        offline_model_path(args.model) if named else args.model, args.threads
+    )
     stock = stock_transformers_model(handle)
     systems = {  # models are loaded above: the timings cover decoding (audio I/O included) only
         "faster-whisper (beam 5, its defaults)": lambda: run_faster_whisper(fw_model, rows),

@@ -48,7 +48,7 @@ CONFIG_OF = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", type=Path, default=Path("/tmp/corpus_default"))
-    p.add_argument("--model", default=None, help="base model (default: offline tiny.en)")
+    p.add_argument("--model", default="tiny.en", help="base model (default: offline tiny.en)")
     p.add_argument("--langs", default="de,fr,es,it,nl,pt")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per trained system")
     p.add_argument("--batch-seconds", type=float, default=16.0, help="padded audio per batch")

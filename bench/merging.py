@@ -58,6 +58,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import requests_of, write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 LANGS = ("de", "fr", "es", "it", "nl")
 NEW_LANG = "pt"
@@ -319,12 +322,12 @@ def save_base(s: Settings) -> Path:
 
 def evaluate(s: Settings, handle, utts: Sequence[Any], cache: EncoderCache | None) -> dict:
     """Decode `utts` and score them: {lang: {wer, cer, bleu, chrf}} plus bookkeeping."""
-    from babelora.decode.runner import Request, RunnerOptions, decode_requests
+    from babelora.decode.runner import RunnerOptions, decode_requests
     from babelora.decode.search import DecodeOptions
     from babelora.evaluate import ScoreConfig, cer, error_rate, score
 
     cached = cache.attach(handle.model) if cache is not None else False
-    requests = [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
+    requests = requests_of(utts)
     start = time.perf_counter()
     results = decode_requests(
         handle,
@@ -463,11 +466,15 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def mode_tables(results: dict, mode: str, langs: Sequence[str]) -> str:
-    """Summary and per-language Markdown tables of one mode (full | lora)."""
-    rows = results["models"]
+def table_names(results: dict, mode: str) -> list[str]:
+    """The rows of one mode's tables that were measured, in table order."""
     names = ["base", f"{mode}/individual", f"{mode}/joint"]
     names += [f"{mode}/merge/{m}" for m in results["settings"]["methods"]]
+    return [name for name in names if name in results["models"]]
+
+
+def summary_table(results: dict, mode: str, langs: Sequence[str]) -> list[str]:
+    """Averages over `langs`, normalised performance and merge cost of one mode (full | lora)."""
     merges = results["merges"]
     lines = [
         f"### {mode}: merged five languages ({', '.join(langs)})",
@@ -476,10 +483,8 @@ def mode_tables(results: dict, mode: str, langs: Sequence[str]) -> str:
         "| merge s | merge peak RSS MB | LoRA refactor error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in names:
-        if name not in rows:
-            continue
-        r = rows[name]
+    for name in table_names(results, mode):
+        r = results["models"][name]
         avg = r["average"]
         m = merges.get(name, {})
         ci = r["ci95"]
@@ -490,19 +495,27 @@ def mode_tables(results: dict, mode: str, langs: Sequence[str]) -> str:
             f"{fmt(r['np_fine'][mode]['value'], 3)} | {fmt(m.get('seconds'), 2)} | "
             f"{fmt(m.get('max_rss_mb'), 0)} | {fmt(m.get('lora_error_mean'), 3)} |"
         )
-    lines += [
-        "",
+    return lines
+
+
+def per_language_table(results: dict, mode: str, langs: Sequence[str]) -> list[str]:
+    """WER / BLEU of every model of one mode, language by language."""
+    lines = [
         "| model | " + " | ".join(f"{lang} WER / BLEU" for lang in langs) + " |",
         "| --- |" + " --- |" * len(langs),
     ]
-    for name in names:
-        if name not in rows:
-            continue
+    for name in table_names(results, mode):
         cells = []
         for lang in langs:
-            sc = rows[name]["scores"].get(lang, {})
+            sc = results["models"][name]["scores"].get(lang, {})
             cells.append(f"{fmt(sc.get('wer'))} / {fmt(sc.get('bleu'))}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def mode_tables(results: dict, mode: str, langs: Sequence[str]) -> str:
+    """Summary and per-language Markdown tables of one mode (full | lora)."""
+    lines = summary_table(results, mode, langs) + [""] + per_language_table(results, mode, langs)
     return "\n".join(lines)
 
 
@@ -574,6 +587,167 @@ def markdown(results: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+NP_DEFINITION = (
+    "NP = mean over languages and tasks of score(model) / score(individual fine-tune of "
+    "that language), WER/CER as accuracy max(0, 100 - rate), BLEU/chrF as they are "
+    "(TIES-Merging's normalised accuracy); NP uses WER + BLEU, NP-fine CER + chrF; the "
+    "individual fine-tune is 1.0 by definition; `full` models are normalised by the full "
+    "fine-tunes, `lora` ones by the LoRA fine-tunes, the base by both (np[mode])."
+)
+
+
+# ----------------------------------------------------------------------------- steps 1-4
+def log(msg: str, start: float) -> None:
+    print(f"[{time.perf_counter() - start:7.1f} s] {msg}", flush=True)
+
+
+def train_all(s: Settings, t0: float) -> tuple[dict[str, Path], dict[str, dict]]:
+    """1. Full and LoRA fine-tunes of every language (new_lang too) and the joint baselines:
+    (final folders, training bookkeeping), both by run name (`full_de`, `lora_joint`)."""
+    all_langs = [*s.langs, s.new_lang]
+    trained: dict[str, Path] = {}
+    train_info: dict[str, dict] = {}
+    jobs = [(f"{r}_{lang}", [lang], r, s.steps) for r in ("full", "lora") for lang in all_langs]
+    jobs += [(f"{r}_joint", list(s.langs), r, s.joint_steps) for r in ("full", "lora")]
+    for name, langs, recipe, steps in jobs:
+        final, seconds, cached = train_cached(train_config(s, name, langs, recipe, steps))
+        trained[name] = final
+        train_info[name] = {"seconds": seconds, "cached": cached, "steps": steps}
+        log(f"train {name}: {seconds:.0f} s{' (cached)' if cached else ''}", t0)
+    return trained, train_info
+
+
+def merge_mode(
+    s: Settings, base: Path, trained: dict[str, Path], methods: list[str], mode: str, t0: float
+) -> tuple[dict[str, dict], dict[str, Path]]:
+    """2. One mode's (full | lora) fine-tunes merged by every method, then LoRS expanded by
+    new_lang: (merge reports, output folders), both by model name (`lora/merge/ties`)."""
+    merges: dict[str, dict] = {}
+    outputs: dict[str, Path] = {}
+    inputs = {lang: trained[f"{mode}_{lang}"] for lang in s.langs}
+    rank = s.lora_rank * len(s.langs)
+    for name in methods:
+        method, params = METHODS[name]
+        out = s.out / "merges" / mode / name
+        recipe = merge_recipe(s, base, inputs, method, params, out, mode, rank)
+        key = f"{mode}/merge/{name}"
+        merges[key] = run_merge(recipe, s.threads)
+        outputs[key] = out
+        log(f"merge {key}: {merges[key]['seconds']:.2f} s", t0)
+    if "lors" in methods:  # language expansion: + new_lang
+        method, params = METHODS["lors"]
+        out = s.out / "merges" / mode / f"lors+{s.new_lang}"
+        expand = {"merged": str(s.out / "merges" / mode / "lors"), "renormalize": True}
+        new_inputs = {s.new_lang: trained[f"{mode}_{s.new_lang}"]}
+        recipe = merge_recipe(
+            s, base, new_inputs, method, params, out, mode, rank + s.lora_rank, expand
+        )
+        key = f"{mode}/expand/lors+{s.new_lang}"
+        merges[key] = run_merge(recipe, s.threads)
+        outputs[key] = out
+        log(f"merge {key}: {merges[key]['seconds']:.2f} s", t0)
+    return merges, outputs
+
+
+def expansion_error(s: Settings, base: Path, trained: dict[str, Path]) -> float:
+    """Max |diff| between the expanded full LoRS merge and a fresh 6-language LoRS merge."""
+    method, params = METHODS["lors"]
+    fresh = s.out / "merges" / "full" / "lors_fresh6"
+    six = {lang: trained[f"full_{lang}"] for lang in [*s.langs, s.new_lang]}
+    run_merge(merge_recipe(s, base, six, method, params, fresh, "full"), s.threads)
+    return max_abs_diff(s.out / "merges" / "full" / f"lors+{s.new_lang}", fresh)
+
+
+def evaluation_plan(
+    s: Settings, trained: dict[str, Path], outputs: dict[str, Path], methods: list[str], test
+) -> list[tuple[str, str, Path | None, list]]:
+    """3. What to decode: (model name, kind, folder, utterances). Individual fine-tunes are
+    decoded on their own language only (`full/individual:de`)."""
+    all_langs = [*s.langs, s.new_lang]
+    five = [u for u in test if u.lang in s.langs]
+    plan: list[tuple[str, str, Path | None, list]] = [("base", "base", None, test)]
+    for mode in ("full", "lora"):
+        for lang in all_langs:
+            own = [u for u in test if u.lang == lang]
+            plan.append((f"{mode}/individual:{lang}", mode, trained[f"{mode}_{lang}"], own))
+        plan.append((f"{mode}/joint", mode, trained[f"{mode}_joint"], five))
+        for name in methods:
+            key = f"{mode}/merge/{name}"
+            utts = test if name == "lors" else five  # LoRS also on new_lang: before expansion
+            plan.append((key, mode, outputs[key], utts))
+        key = f"{mode}/expand/lors+{s.new_lang}"
+        if key in outputs:
+            plan.append((key, mode, outputs[key], test))
+    return plan
+
+
+def evaluate_all(s: Settings, plan: list, t0: float) -> tuple[dict[str, dict], EncoderCache]:
+    """Decode and score every model of the plan (the base encoder's outputs memoised)."""
+    handle = base_handle(s)
+    cache = EncoderCache(handle.model.get_encoder().state_dict())
+    evals: dict[str, dict] = {}
+    for key, kind, path, utts in plan:
+        model = handle if kind == "base" else load_model(s, kind, path)
+        evals[key] = evaluate(s, model, utts, cache)
+        log(f"eval {key}: {evals[key]['decode_seconds']:.1f} s", t0)
+    return evals, cache
+
+
+def model_rows(s: Settings, evals: dict[str, dict]) -> dict[str, dict]:
+    """4. One row per model: scores, averages, bootstrap half-widths and normalised performance.
+    The individual fine-tunes of a mode join into one row, each language scored by its own."""
+    all_langs = [*s.langs, s.new_lang]
+    models: dict[str, dict] = {}
+    for key, ev in evals.items():
+        if ":" in key:  # individual fine-tunes: one row per mode, each on its own language
+            empty = {"scores": {}, "counts": {"wer": {}, "cer": {}}, "decode_seconds": 0.0}
+            row = models.setdefault(key.split(":")[0], empty)
+            row["scores"].update(ev["scores"])
+            for metric in ("wer", "cer"):
+                row["counts"][metric].update(ev["counts"][metric])
+            row["decode_seconds"] += ev["decode_seconds"]
+        else:
+            keep = ("scores", "counts", "decode_seconds", "encoder_cached", "examples")
+            models[key] = {k: ev[k] for k in keep}
+    for key, row in models.items():
+        langs = all_langs if "expand" in key else list(s.langs)
+        row["average"] = averages(row["scores"], langs)
+        counts = row.pop("counts")
+        row["ci95"] = {  # bootstrap half-widths of the macro WER / CER over `langs`
+            m: bootstrap_halfwidth({lang: counts[m].get(lang, []) for lang in langs})
+            for m in ("wer", "cer")
+        }
+        for mode in ("full", "lora") if key == "base" else (key.split("/")[0],):
+            reference = models[f"{mode}/individual"]["scores"]
+            for np_name, metrics in NP_METRICS.items():
+                row.setdefault(np_name, {})[mode] = normalised(
+                    row["scores"], reference, langs, metrics
+                )
+    return models
+
+
+def machine(load_start: float) -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        # 1-minute load average at start and end: other jobs on the machine slow timings
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def settings_record(s: Settings, methods: list[str], test_items: int) -> dict[str, Any]:
+    return {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items()},
+        "methods": methods,
+        "method_params": {m: METHODS[m] for m in methods},
+        "lora_merge_output_rank": s.lora_rank * len(s.langs),
+        "decode": "greedy",
+        "test_items": test_items,
+    }
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -627,10 +801,6 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     return settings, args
 
 
-def log(msg: str, start: float) -> None:
-    print(f"[{time.perf_counter() - start:7.1f} s] {msg}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     s, args = parse_args(argv)
@@ -640,146 +810,36 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     from babelora.data.manifest import read_manifest
 
-    all_langs = [*s.langs, s.new_lang]
-    test = test_subset(read_manifest(s.corpus / "test.jsonl"), all_langs, s.n_test)
-    test_of = {lang: [u for u in test if u.lang == lang] for lang in all_langs}
-    five = [u for u in test if u.lang in s.langs]
-
-    # 1. training --------------------------------------------------------------------------
-    trained: dict[str, Path] = {}
-    train_info: dict[str, dict] = {}
-    jobs = [(f"{r}_{lang}", [lang], r, s.steps) for r in ("full", "lora") for lang in all_langs]
-    jobs += [(f"{r}_joint", list(s.langs), r, s.joint_steps) for r in ("full", "lora")]
-    for name, langs, recipe, steps in jobs:
-        final, seconds, cached = train_cached(train_config(s, name, langs, recipe, steps))
-        trained[name] = final
-        train_info[name] = {"seconds": seconds, "cached": cached, "steps": steps}
-        log(f"train {name}: {seconds:.0f} s{' (cached)' if cached else ''}", t0)
-
-    # 2. merging ---------------------------------------------------------------------------
+    test = test_subset(read_manifest(s.corpus / "test.jsonl"), [*s.langs, s.new_lang], s.n_test)
+    trained, train_info = train_all(s, t0)
     base = save_base(s)
     merges: dict[str, dict] = {}
-    outputs: dict[str, tuple[str, Path]] = {}  # model name -> (kind, path)
+    outputs: dict[str, Path] = {}
     for mode in ("full", "lora"):
-        inputs = {lang: trained[f"{mode}_{lang}"] for lang in s.langs}
-        rank = s.lora_rank * len(s.langs)
-        for name in methods:
-            method, params = METHODS[name]
-            out = s.out / "merges" / mode / name
-            recipe = merge_recipe(s, base, inputs, method, params, out, mode, rank)
-            key = f"{mode}/merge/{name}"
-            merges[key] = run_merge(recipe, s.threads)
-            outputs[key] = (mode, out)
-            log(f"merge {key}: {merges[key]['seconds']:.2f} s", t0)
-        if "lors" in methods:  # language expansion: + new_lang
-            method, params = METHODS["lors"]
-            out = s.out / "merges" / mode / f"lors+{s.new_lang}"
-            expand = {"merged": str(s.out / "merges" / mode / "lors"), "renormalize": True}
-            new_inputs = {s.new_lang: trained[f"{mode}_{s.new_lang}"]}
-            recipe = merge_recipe(
-                s, base, new_inputs, method, params, out, mode, rank + s.lora_rank, expand
-            )
-            key = f"{mode}/expand/lors+{s.new_lang}"
-            merges[key] = run_merge(recipe, s.threads)
-            outputs[key] = (mode, out)
-            log(f"merge {key}: {merges[key]['seconds']:.2f} s", t0)
+        mode_merges, mode_outputs = merge_mode(s, base, trained, methods, mode, t0)
+        merges.update(mode_merges)
+        outputs.update(mode_outputs)
     extra: dict[str, Any] = {}
     if "lors" in methods:  # expansion == a fresh 6-language LoRS merge (full models)
-        method, params = METHODS["lors"]
-        fresh = s.out / "merges" / "full" / "lors_fresh6"
-        six = {lang: trained[f"full_{lang}"] for lang in all_langs}
-        run_merge(merge_recipe(s, base, six, method, params, fresh, "full"), s.threads)
-        extra["expand_vs_fresh_max_abs"] = max_abs_diff(
-            s.out / "merges" / "full" / f"lors+{s.new_lang}", fresh
-        )
-
-    # 3. evaluation ------------------------------------------------------------------------
-    handle = base_handle(s)
-    cache = EncoderCache(handle.model.get_encoder().state_dict())
-    evals: dict[str, dict] = {}
-    plan: list[tuple[str, str, Path | None, list]] = [("base", "base", None, test)]
-    for mode in ("full", "lora"):
-        for lang in all_langs:
-            own = (f"{mode}/individual:{lang}", mode, trained[f"{mode}_{lang}"], test_of[lang])
-            plan.append(own)
-        plan.append((f"{mode}/joint", mode, trained[f"{mode}_joint"], five))
-        for name in methods:
-            key = f"{mode}/merge/{name}"
-            utts = test if name == "lors" else five  # LoRS also on new_lang: before expansion
-            plan.append((key, mode, outputs[key][1], utts))
-        key = f"{mode}/expand/lors+{s.new_lang}"
-        if key in outputs:
-            plan.append((key, mode, outputs[key][1], test))
-    for key, kind, path, utts in plan:
-        model = handle if kind == "base" else load_model(s, kind, path)
-        evals[key] = evaluate(s, model, utts, cache)
-        log(f"eval {key}: {evals[key]['decode_seconds']:.1f} s", t0)
-
-    # 4. results ---------------------------------------------------------------------------
-    models: dict[str, dict] = {}
-    for key, ev in evals.items():
-        if ":" in key:  # individual fine-tunes: one row per mode, each on its own language
-            empty = {"scores": {}, "counts": {"wer": {}, "cer": {}}, "decode_seconds": 0.0}
-            row = models.setdefault(key.split(":")[0], empty)
-            row["scores"].update(ev["scores"])
-            for metric in ("wer", "cer"):
-                row["counts"][metric].update(ev["counts"][metric])
-            row["decode_seconds"] += ev["decode_seconds"]
-        else:
-            keep = ("scores", "counts", "decode_seconds", "encoder_cached", "examples")
-            models[key] = {k: ev[k] for k in keep}
-    for key, row in models.items():
-        langs = all_langs if "expand" in key else list(s.langs)
-        row["average"] = averages(row["scores"], langs)
-        counts = row.pop("counts")
-        row["ci95"] = {  # bootstrap half-widths of the macro WER / CER over `langs`
-            m: bootstrap_halfwidth({lang: counts[m].get(lang, []) for lang in langs})
-            for m in ("wer", "cer")
-        }
-        for mode in ("full", "lora") if key == "base" else (key.split("/")[0],):
-            reference = models[f"{mode}/individual"]["scores"]
-            for np_name, metrics in NP_METRICS.items():
-                row.setdefault(np_name, {})[mode] = normalised(
-                    row["scores"], reference, langs, metrics
-                )
+        extra["expand_vs_fresh_max_abs"] = expansion_error(s, base, trained)
+    evals, cache = evaluate_all(s, evaluation_plan(s, trained, outputs, methods, test), t0)
     results = {
         "benchmark": "merging",
         "command": "python bench/merging.py " + " ".join(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            # 1-minute load average at start and end: other jobs on the machine slow timings
-            "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-        },
-        "settings": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items()},
-            "methods": methods,
-            "method_params": {m: METHODS[m] for m in methods},
-            "lora_merge_output_rank": s.lora_rank * len(s.langs),
-            "decode": "greedy",
-            "test_items": len(test),
-        },
-        "np_definition": (
-            "NP = mean over languages and tasks of score(model) / score(individual fine-tune of "
-            "that language), WER/CER as accuracy max(0, 100 - rate), BLEU/chrF as they are "
-            "(TIES-Merging's normalised accuracy); NP uses WER + BLEU, NP-fine CER + chrF; the "
-            "individual fine-tune is 1.0 by definition; `full` models are normalised by the full "
-            "fine-tunes, `lora` ones by the LoRA fine-tunes, the base by both (np[mode])."
-        ),
+        "machine": machine(load_start),
+        "settings": settings_record(s, methods, len(test)),
+        "np_definition": NP_DEFINITION,
         "train": train_info,
         "merges": merges,
         "import_floor_mb": import_floor_mb(s.threads),
         "base_mb": (base / "model.safetensors").stat().st_size / 2**20,
         "encoder_cache": {"hits": cache.hits, "misses": cache.misses},
-        "models": models,
+        "models": model_rows(s, evals),
         **extra,
     }
     results["wall_seconds"] = time.perf_counter() - t0
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    write_json(args.results, results)
     text = markdown(results)
     args.results.with_suffix(".md").write_text(text)
     print(text)

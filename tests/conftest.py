@@ -24,10 +24,10 @@ def tiny_handle():
 
 @pytest.fixture(scope="session")
 def real_handle():
-    """The offline default Whisper tiny.en (shared: do not modify)."""
+    """The real offline Whisper tiny.en, named (the default, base, is slower; do not modify)."""
     from babelora.models.whisper import load_whisper
 
-    return load_whisper()
+    return load_whisper("tiny.en")
 
 
 @pytest.fixture
@@ -66,3 +66,30 @@ def corpus_dir(tmp_path_factory):
     write_corpus(root)
     write_corpus(root, {"de": 2, "fr": 2}, seed=1, name="dev")
     return root
+
+
+CACHE_KEY = pytest.StashKey[tuple]()  # (BABELORA_CACHE before the session, the session's folder)
+
+
+def pytest_configure(config):
+    """Point babelora's cache (`BABELORA_CACHE`: the language-id model, ...) at a temporary
+    folder for the session, before any test module is imported (some build a subprocess
+    environment from os.environ at import), so tests never write to ~/.cache/babelora."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="babelora-cache-")
+    config.stash[CACHE_KEY] = (os.environ.get("BABELORA_CACHE"), folder)
+    os.environ["BABELORA_CACHE"] = folder
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if CACHE_KEY not in config.stash:
+        return
+    before, folder = config.stash[CACHE_KEY]
+    shutil.rmtree(folder, ignore_errors=True)
+    if before is None:
+        os.environ.pop("BABELORA_CACHE", None)
+    else:
+        os.environ["BABELORA_CACHE"] = before

@@ -24,6 +24,12 @@ from babelora.errors import ConfigError
 T = TypeVar("T")
 
 
+def cache_dir() -> Path:
+    """Where babelora caches derived data (joined models, ...): `$BABELORA_CACHE`, else
+    `~/.cache/babelora`. Read on every call, so tests and users can point it elsewhere."""
+    return Path(os.environ.get("BABELORA_CACHE") or Path.home() / ".cache" / "babelora")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with the safe loader; errors name the file."""
     path = Path(path)

@@ -168,8 +168,7 @@ def test_kv_cached_decoding_equals_full_forward(level):
     prompt_mask[:, :P] = True
     with torch.no_grad(), handle.routing(langs=langs, masks={"decoder": prompt_mask}):
         full = model(input_features=feats, decoder_input_ids=ids).logits
-    with torch.no_grad(), handle.routing(langs=langs):
-        handle.context.start_decoding()
+    with torch.no_grad(), handle.routing(langs=langs, decoding=True):
         enc = model.model.encoder(input_features=feats)
         out = model(encoder_outputs=enc, decoder_input_ids=ids[:, :P], use_cache=True)
         steps, past = [out.logits], out.past_key_values
@@ -182,7 +181,6 @@ def test_kv_cached_decoding_equals_full_forward(level):
             )
             steps.append(out.logits)
             past = out.past_key_values
-        handle.context.stop_decoding()
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4
     assert handle.aux_losses() == {}  # nothing collected while decoding (eval mode too)
 

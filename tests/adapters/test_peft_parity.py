@@ -159,12 +159,10 @@ def test_beam_search_generate_on_mixed_batch_equals_per_language(tmp_path):
     prompt = ids[:, :2]
     langs = ["fr", "de", "es"]
     kwargs = dict(num_beams=3, max_new_tokens=5, do_sample=False, early_stopping=False)
-    with handle.routing(langs=langs):
-        handle.context.start_decoding()
+    with handle.routing(langs=langs, decoding=True):
         mixed = GenerationMixin.generate(
             ours, input_features=feats, decoder_input_ids=prompt, **kwargs
         )
-    handle.context.stop_decoding()
     for row, lang in enumerate(langs):
         single = PeftModel.from_pretrained(copy.deepcopy(base), str(paths[lang])).get_base_model()
         ref = GenerationMixin.generate(

@@ -165,10 +165,10 @@ def test_config_errors_name_the_field():
         MoLoRAConfig(languages=("de", "de"))
 
 
-def test_context_expand_and_reorder_follow_beams():
+def test_context_reorder_follows_beams():
     ctx = RoutingContext(LANGS)
     ctx.set(langs=["de", "es"], masks={"encoder": torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()})
-    ctx.expand(2)
+    ctx.reorder(torch.tensor([0, 0, 1, 1]))  # expand to 2 beams per utterance
     assert ctx.lang_ids.tolist() == [0, 0, 2, 2]
     assert ctx.masks["encoder"].sum(1).tolist() == [2, 2, 1, 1]
     ctx.reorder(torch.tensor([3, 2, 1, 0]))
@@ -194,8 +194,7 @@ def test_decode_cache_reuses_first_decision_and_follows_reorder():
     )
     ctx = layer.context
     prompt, step = torch.randn(2, 3, D), torch.randn(2, 1, D)
-    ctx.set()
-    ctx.start_decoding()
+    ctx.set(decoding=True)
     with torch.no_grad():
         layer(prompt)  # decides from the prompt and caches it
         cached = layer(step)  # reuses the prompt's decision
@@ -205,7 +204,7 @@ def test_decode_cache_reuses_first_decision_and_follows_reorder():
     with torch.no_grad():
         swapped = layer(step.flip(0))
     assert (swapped - cached.flip(0)).abs().max() <= 1e-5
-    ctx.stop_decoding()
+    ctx.clear()
     with torch.no_grad():
         fresh = layer(step)  # no cache: routes by the step itself
     assert (fresh.double() - reference_layer(layer, step)).abs().max() <= 1e-5

@@ -1,4 +1,5 @@
-"""End-to-end: `babelora transcribe / translate / evaluate` as a user runs them."""
+"""End-to-end: `babelora transcribe / translate / evaluate` as a user runs them (on the small
+tiny.en, named: the default model, base, is slower)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @needs_espeak
 def test_transcribe_prints_the_right_words(tmp_path):
     wav = speak("Please correct the error below.", tmp_path / "a.wav")
-    proc = run_cli("transcribe", str(wav), "--no-progress")
+    proc = run_cli("transcribe", str(wav), "--model", "tiny.en", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "Please correct the error below." in proc.stdout
 
@@ -32,6 +33,8 @@ def test_transcribe_missing_file_is_one_line_error(tmp_path, tone_wav, capsys):
             "transcribe",
             str(good),
             str(tmp_path / "missing.wav"),
+            "--model",
+            "tiny.en",
             "--no-progress",
             "--max-new-tokens",
             "3",
@@ -48,7 +51,7 @@ def test_transcribe_missing_file_is_one_line_error(tmp_path, tone_wav, capsys):
 
 
 def test_bad_language_and_model(tmp_path, tone_wav, capsys):
-    assert main(["transcribe", str(tone_wav(0.5)), "--language", "xx"]) == 2
+    assert main(["transcribe", str(tone_wav(0.5)), "--language", "xx", "--model", "tiny.en"]) == 2
     assert "unknown language code 'xx'" in capsys.readouterr().err
     assert main(["translate", str(tone_wav(0.5)), "--model", str(tmp_path / "nomodel")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -89,7 +92,16 @@ def test_evaluate_writes_per_language_report(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "eval"
-    proc = run_cli("evaluate", "--manifest", str(manifest), "--out", str(out), "--no-progress")
+    proc = run_cli(
+        "evaluate",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--model",
+        "tiny.en",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     text = json.dumps(report).lower()

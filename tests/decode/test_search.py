@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 from reference.naive_decode import naive_beam, naive_greedy
 
-from babelora.decode.search import DecodeOptions, generate, trailing_repeats
+from babelora.decode.search import DecodeOptions, generate, length_score, trailing_repeats
 from babelora.models.whisper import tiny_random_whisper
 
 EOT = 50256
@@ -71,11 +72,32 @@ def test_beam_equals_reference(model, beam_size):
         assert hyp.tokens == naive_beam(model, enc[row : row + 1], prompts(3)[row], EOT, opts)
 
 
-def test_beam_one_is_greedy(model):
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.5])
+def test_beam_with_length_penalty_equals_reference(model, length_penalty):
     enc = _enc(model, 3, seed=3)
-    greedy = generate(model, enc, [PROMPT] * 3, EOT, DecodeOptions(max_new_tokens=10))
-    beam1 = generate(model, enc, [PROMPT] * 3, EOT, DecodeOptions(beam_size=1, max_new_tokens=10))
-    assert [h.tokens for h in greedy] == [h.tokens for h in beam1]
+    opts = DecodeOptions(
+        beam_size=3, max_new_tokens=10, repetition_guard=0, length_penalty=length_penalty
+    )
+    hyps = generate(model, enc, prompts(3), EOT, opts)
+    for row, hyp in enumerate(hyps):
+        assert hyp.tokens == naive_beam(model, enc[row : row + 1], prompts(3)[row], EOT, opts)
+
+
+def test_length_score_is_whispers_rule():
+    assert length_score(-6.0, 3, None) == pytest.approx(-2.0)  # mean log-prob per token
+    assert length_score(-6.0, 7, 1.0) == pytest.approx(-6.0 / 2.0)  # ((5 + 7) / 6) ** 1
+    assert length_score(-6.0, 7, 2.0) == pytest.approx(-6.0 / 4.0)
+    assert length_score(-6.0, 7, 0.0) == -6.0  # no normalisation
+
+
+def test_decoding_raises_no_deprecation_warning(model):
+    """transformers deprecates `past_key_values` (a FutureWarning on every decoder call)."""
+    enc = _enc(model, 2, seed=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        generate(model, enc, prompts(2), EOT, DecodeOptions(max_new_tokens=3))
+        generate(model, enc, prompts(2), EOT, DecodeOptions(beam_size=2, max_new_tokens=3))
 
 
 def test_row_hooks_follow_the_rows(model):

@@ -1,6 +1,6 @@
 """The offline n-gram language identifier: held-out accuracy, known texts, checks, caching."""
 
-import time
+from pathlib import Path
 
 import pytest
 from reference.langid_texts import KNOWN_TEXTS
@@ -140,8 +140,26 @@ def test_get_identifier_trains_once_then_loads_from_cache(tmp_path, monkeypatch)
         langid.get_identifier.cache_clear()
 
 
-def test_cached_model_loads_fast(model):
-    langid.get_identifier()  # make sure the default model is cached on disk
-    start = time.perf_counter()
-    langid.LanguageIdentifier.load(langid._cache_path(langid.LangIdConfig()))
-    assert time.perf_counter() - start < 2.0
+def test_default_model_is_cached_and_reused(model, monkeypatch):
+    """The default identifier is saved in the cache folder (the test session's, see conftest)
+    and a later call loads it from there instead of training again."""
+    path = langid._cache_path(langid.LangIdConfig())
+    assert path.is_file() and path.parent == langid.cache_dir()
+
+    def no_training(cfg):
+        raise AssertionError("retrained although the cache file exists")
+
+    monkeypatch.setattr(langid, "training_split", no_training)
+    langid.get_identifier.cache_clear()
+    try:
+        again = langid.get_identifier()
+    finally:
+        langid.get_identifier.cache_clear()
+    texts = KNOWN_TEXTS["de"] + KNOWN_TEXTS["ja"]
+    assert again.classes == model.classes
+    assert (again.scores(texts) == model.scores(texts)).all()
+
+
+def test_tests_do_not_write_to_the_home_cache():
+    """conftest points `BABELORA_CACHE` at a temporary folder for the whole session."""
+    assert langid.cache_dir().resolve() != (Path.home() / ".cache" / "babelora").resolve()

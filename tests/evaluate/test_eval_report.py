@@ -7,6 +7,7 @@ import sacrebleu
 from reference.langid_texts import KNOWN_TEXTS
 
 from babelora.data.manifest import Utterance
+from babelora.decode.runner import Result
 from babelora.errors import ConfigError, ManifestError
 from babelora.evaluate import ScoreConfig, score
 from babelora.evaluate.hypotheses import Hypothesis
@@ -227,10 +228,9 @@ def test_score_results_and_write_report_round_trip(tmp_path):
 
 
 def test_decode_runner_results_score_directly():
-    runner = pytest.importorskip("babelora.decode.runner")
     results = [
-        runner.Result("en1", "the cat sat on the mat", lang="en", lang_source="predicted"),
-        runner.Result("en2", "", lang="en", lang_source="predicted", error="AudioError: empty"),
+        Result("en1", "the cat sat on the mat", lang="en", lang_source="predicted"),
+        Result("en2", "", lang="en", lang_source="predicted", error="AudioError: empty"),
     ]
     data = score_results(refs()[:2], [r.to_json() for r in results])
     row = data["rows"][0]

@@ -7,7 +7,7 @@ from reference.speech import needs_espeak, speak
 
 from babelora.decode.runner import Request, RunnerOptions, decode_requests
 from babelora.decode.search import DecodeOptions
-from babelora.models.whisper import default_model_path
+from babelora.models.offline import offline_model_path
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -22,7 +22,7 @@ def test_greedy_transcripts_equal_faster_whisper(tmp_path, real_handle):
     faster_whisper = pytest.importorskip("faster_whisper")
     files = [speak(s, tmp_path / f"s{i}.wav") for i, s in enumerate(SENTENCES)]
     model = faster_whisper.WhisperModel(
-        str(default_model_path()), device="cpu", compute_type="float32", cpu_threads=2
+        str(offline_model_path("tiny.en")), device="cpu", compute_type="float32", cpu_threads=2
     )
     theirs = []
     for f in files:

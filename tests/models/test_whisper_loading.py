@@ -9,13 +9,14 @@ from reference.ct2_writer import write_ct2
 
 from babelora.errors import ModelLoadError
 from babelora.models.ct2 import load_ct2_whisper, read_ct2_variables
-from babelora.models.whisper import default_model_path, load_whisper, tiny_random_whisper
+from babelora.models.offline import offline_model_path
+from babelora.models.whisper import load_whisper, tiny_random_whisper
 
 
 def test_ct2_round_trip_gives_same_logits(tmp_path):
     ref = tiny_random_whisper(seed=3)
     folder = write_ct2(
-        ref.model, tmp_path / "ct2", default_model_path() / "tokenizer.json", np.float32
+        ref.model, tmp_path / "ct2", offline_model_path("tiny.en") / "tokenizer.json", np.float32
     )
     loaded = load_whisper(folder)
     feats = torch.randn(2, 80, 300)
@@ -28,9 +29,9 @@ def test_ct2_round_trip_gives_same_logits(tmp_path):
 
 
 def test_ct2_real_tiny_en_layout():
-    spec, variables = read_ct2_variables(default_model_path() / "model.bin")
+    spec, variables = read_ct2_variables(offline_model_path("tiny.en") / "model.bin")
     assert spec == "WhisperSpec"
-    state, config, _ = load_ct2_whisper(default_model_path())
+    state, config, _ = load_ct2_whisper(offline_model_path("tiny.en"))
     assert config["d_model"] == 384 and config["encoder_layers"] == 4
     assert config["vocab_size"] == 51864 and config["decoder_start_token_id"] == 50257
     assert state["model.encoder.layers.0.self_attn.q_proj.weight"].shape == (384, 384)

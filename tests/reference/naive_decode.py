@@ -37,27 +37,47 @@ def naive_greedy(model, enc, prompt, eot, options=DecodeOptions()):
 
 
 def naive_beam(model, enc, prompt, eot, options):
-    """Single-utterance beam search without a cache; ranks by mean log-prob like search.py."""
+    """Single-utterance Whisper beam search without a cache."""
+
+    def next_logprobs(seq):
+        lp = _logprobs(model, enc, list(prompt) + seq)
+        return _filter(model, lp, not seq, eot, options)
+
+    return beam_full_recompute(next_logprobs, eot, options)
+
+
+def rank(score: float, tokens: list[int], length_penalty: float | None) -> float:
+    """openai/whisper's ranking of a finished beam; its length counts the end token."""
+    length = len(tokens) + 1
+    if length_penalty is None:
+        return score / length
+    return score / ((5 + length) / 6) ** length_penalty
+
+
+def beam_full_recompute(next_logprobs, eot, options):
+    """Beam search for one utterance; `next_logprobs(tokens)` re-runs the whole sequence and
+    returns the (filtered) log-probs of the next token. Keeps `options.beam_size` live beams,
+    collects up to that many finished ones, returns the best by `rank`."""
+    width = options.beam_size
     beams = [([], 0.0)]
     finished = []
-    for step in range(options.max_new_tokens):
+    for _ in range(options.max_new_tokens):
         cands = []
         for seq, score in beams:
-            lp = _filter(model, _logprobs(model, enc, list(prompt) + seq), step == 0, eot, options)
-            top = torch.topk(lp, 2 * options.beam_size)
+            top = torch.topk(next_logprobs(seq), 2 * width)
             for value, tok in zip(top.values.tolist(), top.indices.tolist()):
                 cands.append((seq, tok, score + value))
         cands.sort(key=lambda c: -c[2])
         beams = []
         for seq, tok, score in cands:
-            if len(beams) == options.beam_size:
+            if len(beams) == width or score == float("-inf"):
                 break
             if tok == eot:
-                if len(finished) < options.beam_size:
+                if len(finished) < width:
                     finished.append((seq, score))
                 continue
             beams.append((seq + [tok], score))
-        if len(finished) >= options.beam_size:
+        if len(finished) >= width:
             break
     pool = finished or beams
-    return max(pool, key=lambda h: h[1] / (len(h[0]) + 1))[0]
+    return max(pool, key=lambda h: rank(h[1], h[0], options.length_penalty))[0]

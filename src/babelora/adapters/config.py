@@ -214,5 +214,5 @@ def lora_only(lora: LoRAConfig) -> MoLoRAConfig:
 
 
 def language_experts(lora: LoRAConfig, languages: tuple[str, ...] | list[str]) -> MoLoRAConfig:
-    """One LoRA expert per language, no shared expert, hard language routing (issue 4)."""
+    """One LoRA expert per language, no shared expert, hard language routing."""
     return MoLoRAConfig(lora=lora, languages=tuple(languages), num_shared=0, router="language")

@@ -9,9 +9,15 @@ Rows: the context holds R0 rows (one per utterance); a layer that sees R = n * R
 e.g. Hugging Face `generate` expands the decoder batch after the encoder ran) gets every per-row
 tensor repeated n times per row (`repeat_interleave`, the order `generate` uses).
 
-Decoding: `start_decoding()` caches each layer's per-utterance decision on its first call and
-reuses it on the incremental calls that follow; `expand(n)` and `reorder(indices)` move the
-cached decisions with the beams, as the KV cache moves.
+The rules, all of them:
+1. Before a forward, `set(...)` the batch's inputs (`handle.set_routing` or
+   `with handle.routing(...)`). `set` forgets everything of the previous batch (inputs, cached
+   decisions, uncollected aux losses), so no order of calls can leak one batch into the next.
+2. For incremental decoding, `set(..., decoding=True)`: each layer caches its per-utterance
+   decision on its first call (the prompt) and reuses it on the calls that follow; aux losses
+   are not collected. `reorder(indices)` moves the cached decisions with the beams, as the KV
+   cache moves (row i becomes old row indices[i]; repeat indices to expand to beams).
+3. `clear()` when done: back to training mode with nothing set.
 """
 
 from __future__ import annotations
@@ -77,8 +83,9 @@ class RoutingContext:
         lang_ids: Tensor | Sequence[int] | None = None,
         lang_probs: Tensor | None = None,
         masks: dict[str, Tensor] | None = None,
+        decoding: bool = False,
     ) -> None:
-        """Set the batch's routing inputs (replacing earlier ones; clears cached decisions).
+        """Set the batch's routing inputs, replacing everything of the previous batch.
 
         Args:
             langs: one language code per row (None = no language expert for that row).
@@ -86,12 +93,15 @@ class RoutingContext:
             lang_probs: (R, L) language posterior instead of hard languages.
             masks: stream -> (R, T) bool valid positions (padding False), used by utterance
                 pooling and to keep padding out of the aux losses.
+            decoding: cache per-utterance decisions over incremental calls, no aux losses.
         """
         if langs is not None and lang_ids is not None:
             raise ConfigError("give either langs or lang_ids, not both")
         if langs is not None:
             lang_ids = [self.lang_index(code) for code in langs]
         self.clear()
+        self.cache_decisions = decoding
+        self.collect_aux = not decoding
         if lang_ids is not None:
             self.lang_ids = torch.as_tensor(lang_ids, dtype=torch.long).reshape(-1)
         if lang_probs is not None:
@@ -116,7 +126,10 @@ class RoutingContext:
         self._aux = []
 
     def clear_inputs(self) -> None:
-        """Forget the batch's inputs and cached decisions; keep uncollected aux losses."""
+        """Forget the batch's inputs and cached decisions and leave decoding mode; keep
+        uncollected aux losses."""
+        self.cache_decisions = False
+        self.collect_aux = True
         self.lang_ids = None
         self.lang_probs = None
         self.masks = {}
@@ -143,23 +156,11 @@ class RoutingContext:
                 raise ConfigError(
                     f"the {stream} mask has {mask.shape[1]} positions but the layer input has "
                     f"{length}; for decoder utterance routing give the prompt mask and call "
-                    "start_decoding() before incremental decoding"
+                    "set(..., decoding=True) before incremental decoding"
                 )
         return RouterInputs(ids, probs, mask)
 
-    # -- decoding ---------------------------------------------------------------------------
-    def start_decoding(self) -> None:
-        """Cache per-utterance decisions from now on (first call per layer), skip aux losses."""
-        self.cache_decisions = True
-        self.collect_aux = False
-        self._decisions = {}
-
-    def stop_decoding(self) -> None:
-        """Back to training/scoring mode: no cache, aux losses collected."""
-        self.cache_decisions = False
-        self.collect_aux = True
-        self._decisions = {}
-
+    # -- decoding -------------------------------------------------------------------------
     def cached(self, key: str, rows: int) -> Routing | None:
         """The cached decision of layer `key`, fitted to `rows`, if decoding and present."""
         if not self.cache_decisions or key not in self._decisions:
@@ -182,10 +183,6 @@ class RoutingContext:
             self.lang_probs = fn(self.lang_probs)
         self.masks = {k: fn(v) for k, v in self.masks.items()}
         self._decisions = {k: r.rows(fn) for k, r in self._decisions.items()}
-
-    def expand(self, n: int) -> None:
-        """Repeat every row n times in place (beam expansion: row r -> rows r*n .. r*n+n-1)."""
-        self._map_rows(lambda t: t.repeat_interleave(n, dim=0))
 
     def reorder(self, indices: Tensor) -> None:
         """Select rows (beam reordering: new row i = old row indices[i]), like the KV cache."""

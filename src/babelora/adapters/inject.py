@@ -132,9 +132,12 @@ class AdapterHandle:
         lang_ids: Tensor | Sequence[int] | None = None,
         lang_probs: Tensor | None = None,
         masks: dict[str, Tensor] | None = None,
+        decoding: bool = False,
     ) -> None:
         """Set the batch's languages / posterior / padding masks (see RoutingContext.set)."""
-        self.context.set(langs=langs, lang_ids=lang_ids, lang_probs=lang_probs, masks=masks)
+        self.context.set(
+            langs=langs, lang_ids=lang_ids, lang_probs=lang_probs, masks=masks, decoding=decoding
+        )
 
     def clear_routing(self) -> None:
         self.context.clear()

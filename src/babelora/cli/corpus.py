@@ -8,7 +8,8 @@
     babelora corpus import mustc --root D --tgt de --out DIR
     babelora corpus import fleurs --lang-dir D/de_de [--en-dir D/en_us] --out DIR
 
-`build` resumes: run it again after a kill and it renders only the missing clips.
+`build` resumes: run it again after a kill and it renders only the missing clips (and any clip
+found damaged); a second build of the same --out while one runs is refused.
 """
 
 from __future__ import annotations
@@ -132,7 +133,10 @@ def run_build(args: argparse.Namespace) -> int:
     for name, path in result.manifests.items():
         m = result.stats["manifests"][name]
         print(f"{path}: {m['lines']} lines, {m['hours']:.3f} h")
-    print(f"{result.rendered} clips rendered, {result.reused} reused, {result.seconds:.1f} s")
+    print(
+        f"{result.rendered} clips rendered, {result.reused} reused, {result.rerendered} "
+        f"re-rendered (found damaged), {result.seconds:.1f} s"
+    )
     print(f"dataset card: {result.out / 'README.md'}")
     return 0
 

@@ -13,11 +13,24 @@ from babelora.errors import BabeloraError, ManifestError
 from babelora.languages import check_lang
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 and negatives would silently mean something else,
+    e.g. `--limit 0` all utterances and `--limit -1` all but the last)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="HF id, transformers or CTranslate2 folder (default: offline Whisper tiny.en)",
+        help="offline model name (base, tiny.en: see `babelora models`), CTranslate2 or "
+        "transformers folder, or HF id (default: base, multilingual)",
     )
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder (merged in)")
     p.add_argument(
@@ -38,7 +51,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="route to the predicted language's experts, or weight experts by the LID posterior",
     )
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--max-new-tokens", type=_positive_int, default=128, help="tokens per utterance (>= 1)"
+    )
     p.add_argument("--batch-seconds", type=float, default=120.0, help="audio seconds per batch")
     p.add_argument("--pad-to-30s", action="store_true", help="exact original Whisper input")
     p.add_argument(
@@ -174,7 +189,7 @@ def evaluate(args: argparse.Namespace) -> int:
         utts = [u for u in utts if u.lang in keep]
     if args.task:
         utts = [u for u in utts if u.task == args.task]
-    if args.limit:
+    if args.limit is not None:
         utts = utts[: args.limit]
     if not utts:
         raise BabeloraError(f"{args.manifest}: no utterances to evaluate")
@@ -224,7 +239,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default="runs/evaluate", help="folder for hypotheses + report")
     p.add_argument("--langs", default=None, help="only these languages (comma list)")
     p.add_argument("--task", choices=["asr", "st"], default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N utterances only")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="first N (>= 1) utterances only"
+    )
     p.add_argument(
         "--data-root",
         default=None,

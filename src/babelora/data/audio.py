@@ -8,6 +8,7 @@ Whisper's features (Radford et al. 2022): 25 ms Hann window (n_fft 400), 10 ms h
 from __future__ import annotations
 
 import math
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,6 +77,28 @@ def wav_shortfall(path: str | Path) -> str | None:
     return None
 
 
+def check_regular_file(path: Path) -> None:
+    """AudioError unless `path` (after symlinks) is a regular file. Opening a FIFO blocks until a
+    writer comes, and a device or socket never ends, so they are refused before any read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise AudioError(f"{path}: audio file not found") from None
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read audio file ({err.strerror or err})") from None
+    if stat.S_ISREG(mode):
+        return
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    raise AudioError(f"{path}: is {kind}, not an audio file")
+
+
 def load_audio(
     path: str | Path,
     sample_rate: int = SAMPLE_RATE,
@@ -90,10 +113,7 @@ def load_audio(
     import soundfile as sf
 
     path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: audio file not found")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
+    check_regular_file(path)
     try:
         info = sf.info(str(path))
         short = wav_shortfall(path) if info.format == "WAV" else None

@@ -191,6 +191,19 @@ def parse_line(
     )
 
 
+def _check_utf8(line: str, where: str) -> None:
+    """ManifestError naming the first byte of `line` (read with surrogateescape) that was not
+    valid UTF-8, and its column."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(line[err.start]) - 0xDC00
+        raise ManifestError(
+            f"{where}: not valid UTF-8 (byte 0x{byte:02x} at column {err.start + 1}); "
+            "manifests must be saved as UTF-8"
+        ) from None
+
+
 def iter_manifest(
     path: str | Path,
     data_root: str | Path | None = None,
@@ -205,12 +218,15 @@ def iter_manifest(
     base_dir = path.resolve().parent
     root = Path(data_root) if data_root is not None else None
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
+    # surrogateescape: a byte that is not UTF-8 becomes a marker that `_check_utf8` reports as
+    # that line's error, instead of a UnicodeDecodeError that ends the whole read
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
+                _check_utf8(line, where)
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:

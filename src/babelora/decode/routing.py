@@ -41,15 +41,15 @@ def adapter_batch_hook(adapter) -> BatchHook:
     ctx = adapter.context
 
     def before(reqs: list[Request], feature_lens: torch.Tensor, frames: int) -> Sequence[RowHook]:
-        ctx.stop_decoding()
         masks = {"encoder": encoder_mask(feature_lens, frames)}
         if reqs and all(r.lang_probs is not None for r in reqs):
             probs = torch.tensor([r.lang_probs for r in reqs], dtype=torch.float32)
-            adapter.set_routing(lang_probs=probs.to(feature_lens.device), masks=masks)
+            adapter.set_routing(
+                lang_probs=probs.to(feature_lens.device), masks=masks, decoding=True
+            )
         else:
             langs = [r.lang if r.lang in ctx.languages else None for r in reqs]
-            adapter.set_routing(langs=langs, masks=masks)
-        ctx.start_decoding()
+            adapter.set_routing(langs=langs, masks=masks, decoding=True)
         return [ctx.reorder]
 
     return before

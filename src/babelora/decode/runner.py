@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +223,3 @@ def write_results(results: Iterable[Result], path: str | Path) -> Path:
             f.write(json.dumps(res.to_json(), ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
-
-
-def with_beam(options: DecodeOptions, beam_size: int | None) -> DecodeOptions:
-    return options if beam_size is None else replace(options, beam_size=beam_size)

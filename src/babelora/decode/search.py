@@ -1,18 +1,24 @@
-"""Batched greedy and beam search for Whisper with a KV cache.
+"""Batched greedy and beam search with a KV cache, for any model that decodes one step at a time.
 
-Each step feeds only the newest token per row; self-attention keys/values of the prefix and the
-cross-attention keys/values of the audio come from the cache (transformers' EncoderDecoderCache).
-Finished rows are dropped from the batch (greedy) and beams are reordered (beam search) by
-selecting cache rows; anything else that holds per-row state (e.g. the language of each row for
-language experts) follows through `row_hooks`, called with the row indices kept.
+The search drives a `StepDecoder`: `step(input_ids)` feeds new tokens per row and returns the
+log-probs of the next token, `select(rows)` keeps/reorders the rows it holds (its KV cache and
+any per-row input). `WhisperStepDecoder` is the Whisper encoder-decoder (self-attention and
+cross-attention caches in transformers' `EncoderDecoderCache`); the speech-LLM's decoder-only LM
+with a prefix of speech embeddings is another (babelora.methods.speech_llm.model).
+Each step feeds only the newest token per row. Finished rows are dropped from the batch (greedy)
+and beams are reordered (beam search) by selecting rows; anything else that holds per-row state
+(e.g. the language of each row for language experts) follows through `row_hooks`, called with
+the row indices kept. A batch to decode is one `DecodingTask`.
 
 Shapes: B utterances, K beams, T' encoder frames, D model width, V vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -26,7 +32,7 @@ class DecodeOptions:
 
     beam_size: int = 1  # 1 = greedy
     max_new_tokens: int = 128  # also capped by the decoder's position table
-    length_penalty: float | None = None  # None: rank beams by mean log-prob (Whisper's default)
+    length_penalty: float | None = None  # how finished beams are ranked: see `length_score`
     repetition_guard: int = (
         3  # stop a row whose trailing n-gram repeats this many more times (0 off)
     )
@@ -49,6 +55,97 @@ class Hypothesis:
     tokens: list[int]
     logprob: float
     hit_guard: bool = False
+
+
+def length_score(logprob: float, length: int, length_penalty: float | None) -> float:
+    """Rank of a beam with summed log-prob `logprob` over `length` tokens (the end token
+    counts), openai/whisper's rule: `length_penalty` None = mean log-prob per token; a float
+    alpha = logprob / ((5 + length) / 6) ** alpha (GNMT, Wu et al. 2016)."""
+    if length_penalty is None:
+        return logprob / length
+    return logprob / (((5 + length) / 6) ** length_penalty)
+
+
+def _rank(hyp: Hypothesis, length_penalty: float | None) -> float:
+    return length_score(hyp.logprob, len(hyp.tokens) + 1, length_penalty)
+
+
+# ---- transformers KV cache, across releases -----------------------------------------------
+
+
+def cache_keyword(forward: Callable[..., Any]) -> str:
+    """Keyword under which a transformers `forward` takes its KV cache: `cache` in recent
+    releases (where `past_key_values` is deprecated and warns on every call), else
+    `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def returned_cache(output: Mapping[str, Any]) -> Any:
+    """The KV cache a transformers forward returned, read without the deprecated alias."""
+    for key in ("cache", "past_key_values"):
+        if key in output.keys():
+            return output[key]
+    return None
+
+
+# ---- the step interface -------------------------------------------------------------------
+
+
+class StepDecoder(Protocol):
+    """A model the search can drive one step at a time; it holds one KV cache row per row."""
+
+    device: torch.device
+
+    def step(self, input_ids: Tensor) -> Tensor:
+        """Feed (rows, n) new tokens (the prompts at the first step, n may be 0 there); return
+        the log-probs (rows, V) of the next token."""
+        ...
+
+    def select(self, rows: Tensor, same_source: bool = False) -> None:
+        """Keep/reorder rows (also before the first step: beam expansion). `same_source`: every
+        row keeps its utterance (beam reordering within an utterance)."""
+        ...
+
+
+class WhisperStepDecoder:
+    """StepDecoder for a Whisper encoder-decoder over encoder states (B, T', D)."""
+
+    def __init__(self, model, encoder_states: Tensor):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        self.model = model
+        self.decoder = model.get_decoder()
+        self.enc = encoder_states
+        self.device = encoder_states.device
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self._cache_kw = cache_keyword(self.decoder.forward)
+        self._started = False
+
+    def step(self, input_ids: Tensor) -> Tensor:
+        out = self.decoder(
+            input_ids=input_ids,
+            encoder_hidden_states=self.enc,
+            use_cache=True,
+            **{self._cache_kw: self.cache},
+        )
+        self.cache = returned_cache(out)
+        self._started = True
+        hidden = out.last_hidden_state[:, -1]
+        return torch.log_softmax(self.model.proj_out(hidden).float(), dim=-1)  # (rows, V)
+
+    def select(self, rows: Tensor, same_source: bool = False) -> None:
+        """Beam reordering (`same_source`) leaves the cross-attention cache as it is: all beams
+        of an utterance share it."""
+        if not self._started:
+            self.enc = self.enc.index_select(0, rows)
+        elif same_source:
+            self.cache.self_attention_cache.reorder_cache(rows)
+        else:
+            self.cache.reorder_cache(rows)
+            self.enc = self.enc.index_select(0, rows)
+
+
+# ---- filters and guards -------------------------------------------------------------------
 
 
 def _suppress_mask(model, vocab: int, eot: int, device) -> Tensor:
@@ -89,58 +186,6 @@ def _banned_ngram_tokens(tokens: Sequence[int], size: int) -> list[int]:
     ]
 
 
-class _Decoder:
-    """Holds the cache and runs one decoder step for the current rows."""
-
-    def __init__(self, model, encoder_states: Tensor):
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        self.model = model
-        self.decoder = model.get_decoder()
-        self.enc = encoder_states
-        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-
-    def step(self, input_ids: Tensor) -> Tensor:
-        out = self.decoder(
-            input_ids=input_ids,
-            encoder_hidden_states=self.enc,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        self.cache = out.past_key_values
-        hidden = out.last_hidden_state[:, -1]
-        return torch.log_softmax(self.model.proj_out(hidden).float(), dim=-1)  # (rows, V)
-
-    def select(self, rows: Tensor, same_audio: bool = False) -> None:
-        """Keep/reorder cache rows. `same_audio`: each row keeps its utterance (beam reordering
-        within an utterance), so the cross-attention cache is left as it is."""
-        if same_audio:
-            self.cache.self_attention_cache.reorder_cache(rows)
-            return
-        self.cache.reorder_cache(rows)
-        self.enc = self.enc.index_select(0, rows)
-
-
-def _apply_filters(
-    logprobs: Tensor,
-    seqs: list[list[int]],
-    first: bool,
-    suppress: Tensor,
-    eot: int,
-    options: DecodeOptions,
-    blank_ids: list[int],
-) -> Tensor:
-    logprobs = logprobs.masked_fill(suppress, float("-inf"))
-    if first and options.suppress_blank:
-        logprobs[:, blank_ids] = float("-inf")
-    if options.no_repeat_ngram_size > 0:
-        for row, seq in enumerate(seqs):
-            banned = _banned_ngram_tokens(seq, options.no_repeat_ngram_size)
-            if banned:
-                logprobs[row, banned] = float("-inf")
-    return logprobs
-
-
 def _guard(seq: list[int], options: DecodeOptions) -> tuple[list[int], bool]:
     """Cut a runaway repetition down to one copy; True when the guard fired."""
     if options.repetition_guard <= 0 or len(seq) < 2:
@@ -149,6 +194,173 @@ def _guard(seq: list[int], options: DecodeOptions) -> tuple[list[int], bool]:
     if copies > options.repetition_guard:
         return seq[: len(seq) - (copies - 1) * n], True
     return seq, False
+
+
+# ---- the search ---------------------------------------------------------------------------
+
+
+@dataclass
+class DecodingTask:
+    """One batch to decode: the step decoder (B rows), equal-length prompts and the settings.
+
+    `max_new` caps the new tokens below `options.max_new_tokens` (e.g. by the position table;
+    None: the option); `suppress` is a (V,) bool mask of tokens never emitted (None: none);
+    `blank` are the tokens banned as the first token when `options.suppress_blank`.
+    """
+
+    decoder: StepDecoder
+    prompts: Sequence[Sequence[int]]
+    eot: int
+    options: DecodeOptions = DecodeOptions()
+    row_hooks: Sequence[RowHook] = ()
+    max_new: int | None = None
+    suppress: Tensor | None = None
+    blank: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if len({len(p) for p in self.prompts}) > 1:
+            raise ValueError(
+                "all prompts in a batch must have the same length; group rows by prompt"
+            )
+        if self.max_new is None:
+            self.max_new = self.options.max_new_tokens
+        if self.max_new < 1:
+            raise ValueError(f"max_new must be >= 1, got {self.max_new}")
+
+    def run(self) -> list[Hypothesis]:
+        """One Hypothesis per row: the greedy path (beam_size 1) or the best beam."""
+        return self.greedy() if self.options.beam_size == 1 else self.beam()
+
+    def _filter(self, logprobs: Tensor, seqs: list[list[int]], first: bool) -> Tensor:
+        if self.suppress is not None:
+            logprobs = logprobs.masked_fill(self.suppress, float("-inf"))
+        if first and self.options.suppress_blank:
+            logprobs[:, list(self.blank)] = float("-inf")
+        size = self.options.no_repeat_ngram_size
+        if size > 0:
+            for row, seq in enumerate(seqs):
+                banned = _banned_ngram_tokens(seq, size)
+                if banned:
+                    logprobs[row, banned] = float("-inf")
+        return logprobs
+
+    def _select(self, rows: Tensor, same_source: bool = False) -> None:
+        self.decoder.select(rows, same_source)
+        for hook in self.row_hooks:
+            hook(rows)
+
+    def _prompt_inputs(self, rows: Sequence[int]) -> Tensor:
+        ids = [list(self.prompts[r]) for r in rows]
+        return torch.tensor(ids, dtype=torch.long, device=self.decoder.device)
+
+    def greedy(self) -> list[Hypothesis]:
+        """Argmax path per row; a finished row leaves the batch."""
+        eot, options, device = self.eot, self.options, self.decoder.device
+        batch = len(self.prompts)
+        results: list[Hypothesis | None] = [None] * batch
+        seqs: list[list[int]] = [[] for _ in range(batch)]
+        scores = [0.0] * batch
+        alive = list(range(batch))  # original row index of each current row
+        inputs = self._prompt_inputs(range(batch))
+        for step in range(self.max_new):
+            logprobs = self.decoder.step(inputs)
+            logprobs = self._filter(logprobs, [seqs[i] for i in alive], step == 0)
+            best = logprobs.argmax(dim=-1)
+            best_lp = logprobs.gather(1, best[:, None])[:, 0].tolist()
+            keep = []
+            for row, (orig, tok) in enumerate(zip(alive, best.tolist())):
+                scores[orig] += best_lp[row]
+                if tok == eot:
+                    results[orig] = Hypothesis(seqs[orig], scores[orig])
+                    continue
+                seqs[orig].append(tok)
+                seqs[orig], fired = _guard(seqs[orig], options)
+                if fired:
+                    results[orig] = Hypothesis(seqs[orig], scores[orig], hit_guard=True)
+                    continue
+                keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                rows = torch.tensor(keep, device=device)
+                self._select(rows)
+                best = best[rows]
+                alive = [alive[r] for r in keep]
+            inputs = best[:, None]
+        for orig in range(batch):
+            if results[orig] is None:
+                results[orig] = Hypothesis(seqs[orig], scores[orig])
+        return results  # type: ignore[return-value]
+
+    def beam(self) -> list[Hypothesis]:
+        """K beams per row over B*K decoder rows; the best finished beam by `length_score`."""
+        eot, options, device = self.eot, self.options, self.decoder.device
+        batch, beams = len(self.prompts), options.beam_size
+        expand = torch.arange(batch, device=device).repeat_interleave(beams)
+        self._select(expand)
+        seqs: list[list[int]] = [[] for _ in range(batch * beams)]
+        scores = torch.zeros(batch * beams, device=device)
+        scores.view(batch, beams)[:, 1:] = float("-inf")  # all beams start as copies of one
+        finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        inputs = self._prompt_inputs(expand.tolist())
+        for step in range(self.max_new):
+            logprobs = self.decoder.step(inputs)
+            logprobs = self._filter(logprobs, seqs, step == 0)
+            total = (scores[:, None] + logprobs).view(batch, beams * logprobs.shape[-1])
+            top_scores, top_ids = total.topk(2 * beams, dim=-1)  # room for beams that end
+            vocab = logprobs.shape[-1]
+            new_rows, new_tokens, new_scores, new_seqs = [], [], [], []
+            for b in range(batch):
+                chosen = 0
+                for score, flat in zip(top_scores[b].tolist(), top_ids[b].tolist()):
+                    if chosen == beams:
+                        break
+                    src, tok = b * beams + flat // vocab, flat % vocab
+                    if score == float("-inf"):
+                        break
+                    if tok == eot:
+                        if not done[b] and len(finished[b]) < beams:
+                            finished[b].append(Hypothesis(list(seqs[src]), score))
+                        continue
+                    seq, fired = _guard(seqs[src] + [tok], options)
+                    if fired:
+                        if not done[b] and len(finished[b]) < beams:
+                            finished[b].append(Hypothesis(seq, score, hit_guard=True))
+                        continue
+                    new_rows.append(src)
+                    new_tokens.append(tok)
+                    new_scores.append(score)
+                    new_seqs.append(seq)
+                    chosen += 1
+                while chosen < beams:  # pad with dead beams so the batch keeps its shape
+                    new_rows.append(b * beams)
+                    new_tokens.append(eot)
+                    new_scores.append(float("-inf"))
+                    new_seqs.append(list(seqs[b * beams]))
+                    chosen += 1
+                if len(finished[b]) >= beams:
+                    done[b] = True
+            if all(done):
+                break
+            self._select(torch.tensor(new_rows, device=device), same_source=True)
+            seqs = new_seqs
+            scores = torch.tensor(new_scores, device=device)
+            for b in range(batch):
+                if done[b]:
+                    scores[b * beams : (b + 1) * beams] = float("-inf")
+            inputs = torch.tensor(new_tokens, device=device)[:, None]
+        results = []
+        for b in range(batch):
+            pool = finished[b] or [
+                Hypothesis(seqs[b * beams + k], float(scores[b * beams + k]))
+                for k in range(beams)
+                if scores[b * beams + k] > float("-inf")
+            ]
+            if not pool:
+                pool = [Hypothesis(seqs[b * beams], float("-inf"))]
+            results.append(max(pool, key=lambda h: _rank(h, options.length_penalty)))
+        return results
 
 
 @torch.no_grad()
@@ -161,7 +373,7 @@ def generate(
     row_hooks: Sequence[RowHook] = (),
     blank_ids: Sequence[int] = (220,),
 ) -> list[Hypothesis]:
-    """Decode a batch from encoder states (B, T', D) and equal-length prompts.
+    """Decode a batch with a Whisper from encoder states (B, T', D) and equal-length prompts.
 
     Returns one Hypothesis per row: the best beam (or the greedy path), text tokens only.
     """
@@ -171,139 +383,14 @@ def generate(
         raise ValueError(f"{encoder_states.shape[0]} audio rows but {len(prompts)} prompts")
     vocab = model.proj_out.out_features
     limit = model.config.max_target_positions - len(prompts[0])
-    max_new = max(1, min(options.max_new_tokens, limit))
-    suppress = _suppress_mask(model, vocab, eot_id, encoder_states.device)
-    blank = [*blank_ids, eot_id]
-    if options.beam_size == 1:
-        return _greedy(
-            model, encoder_states, prompts, eot_id, options, row_hooks, max_new, suppress, blank
-        )
-    return _beam(
-        model, encoder_states, prompts, eot_id, options, row_hooks, max_new, suppress, blank
+    task = DecodingTask(
+        decoder=WhisperStepDecoder(model, encoder_states),
+        prompts=prompts,
+        eot=eot_id,
+        options=options,
+        row_hooks=row_hooks,
+        max_new=max(1, min(options.max_new_tokens, limit)),
+        suppress=_suppress_mask(model, vocab, eot_id, encoder_states.device),
+        blank=[*blank_ids, eot_id],
     )
-
-
-def _greedy(model, enc, prompts, eot, options, row_hooks, max_new, suppress, blank):
-    device = enc.device
-    batch = len(prompts)
-    dec = _Decoder(model, enc)
-    results: list[Hypothesis | None] = [None] * batch
-    seqs: list[list[int]] = [[] for _ in range(batch)]
-    scores = [0.0] * batch
-    alive = list(range(batch))  # original row index of each current row
-    inputs = torch.tensor([list(p) for p in prompts], device=device)
-    for step in range(max_new):
-        logprobs = dec.step(inputs)
-        logprobs = _apply_filters(
-            logprobs, [seqs[i] for i in alive], step == 0, suppress, eot, options, blank
-        )
-        best = logprobs.argmax(dim=-1)
-        best_lp = logprobs.gather(1, best[:, None])[:, 0].tolist()
-        keep = []
-        for row, (orig, tok) in enumerate(zip(alive, best.tolist())):
-            scores[orig] += best_lp[row]
-            if tok == eot:
-                results[orig] = Hypothesis(seqs[orig], scores[orig])
-                continue
-            seqs[orig].append(tok)
-            seqs[orig], fired = _guard(seqs[orig], options)
-            if fired:
-                results[orig] = Hypothesis(seqs[orig], scores[orig], hit_guard=True)
-                continue
-            keep.append(row)
-        if not keep:
-            break
-        if len(keep) < len(alive):
-            rows = torch.tensor(keep, device=device)
-            dec.select(rows)
-            for hook in row_hooks:
-                hook(rows)
-            best = best[rows]
-            alive = [alive[r] for r in keep]
-        inputs = best[:, None]
-    for orig in range(batch):
-        if results[orig] is None:
-            results[orig] = Hypothesis(seqs[orig], scores[orig])
-    return results  # type: ignore[return-value]
-
-
-def _rank(hyp: Hypothesis, length_penalty: float | None) -> float:
-    length = len(hyp.tokens) + 1
-    if length_penalty is None:
-        return hyp.logprob / length
-    return hyp.logprob / (((5 + length) / 6) ** length_penalty)  # Wu et al. 2016 (GNMT)
-
-
-def _beam(model, enc, prompts, eot, options, row_hooks, max_new, suppress, blank):
-    device = enc.device
-    batch, beams = len(prompts), options.beam_size
-    expand = torch.arange(batch, device=device).repeat_interleave(beams)
-    dec = _Decoder(model, enc.index_select(0, expand))
-    for hook in row_hooks:
-        hook(expand)
-    seqs: list[list[int]] = [[] for _ in range(batch * beams)]
-    scores = torch.zeros(batch * beams, device=device)
-    scores.view(batch, beams)[:, 1:] = float("-inf")  # all beams start as copies of one
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    inputs = torch.tensor([list(prompts[i // beams]) for i in range(batch * beams)], device=device)
-    for step in range(max_new):
-        logprobs = dec.step(inputs)
-        logprobs = _apply_filters(logprobs, seqs, step == 0, suppress, eot, options, blank)
-        total = (scores[:, None] + logprobs).view(batch, beams * logprobs.shape[-1])
-        top_scores, top_ids = total.topk(2 * beams, dim=-1)  # room for beams that end
-        vocab = logprobs.shape[-1]
-        new_rows, new_tokens, new_scores, new_seqs = [], [], [], []
-        for b in range(batch):
-            chosen = 0
-            for score, flat in zip(top_scores[b].tolist(), top_ids[b].tolist()):
-                if chosen == beams:
-                    break
-                src, tok = b * beams + flat // vocab, flat % vocab
-                if score == float("-inf"):
-                    break
-                if tok == eot:
-                    if not done[b] and len(finished[b]) < beams:
-                        finished[b].append(Hypothesis(list(seqs[src]), score))
-                    continue
-                seq, fired = _guard(seqs[src] + [tok], options)
-                if fired:
-                    if not done[b] and len(finished[b]) < beams:
-                        finished[b].append(Hypothesis(seq, score, hit_guard=True))
-                    continue
-                new_rows.append(src)
-                new_tokens.append(tok)
-                new_scores.append(score)
-                new_seqs.append(seq)
-                chosen += 1
-            while chosen < beams:  # pad with dead beams so the batch keeps its shape
-                new_rows.append(b * beams)
-                new_tokens.append(eot)
-                new_scores.append(float("-inf"))
-                new_seqs.append(list(seqs[b * beams]))
-                chosen += 1
-            if len(finished[b]) >= beams:
-                done[b] = True
-        if all(done):
-            break
-        rows = torch.tensor(new_rows, device=device)
-        dec.select(rows, same_audio=True)
-        for hook in row_hooks:
-            hook(rows)
-        seqs = new_seqs
-        scores = torch.tensor(new_scores, device=device)
-        for b in range(batch):
-            if done[b]:
-                scores[b * beams : (b + 1) * beams] = float("-inf")
-        inputs = torch.tensor(new_tokens, device=device)[:, None]
-    results = []
-    for b in range(batch):
-        pool = finished[b] or [
-            Hypothesis(seqs[b * beams + k], float(scores[b * beams + k]))
-            for k in range(beams)
-            if scores[b * beams + k] > float("-inf")
-        ]
-        if not pool:
-            pool = [Hypothesis(seqs[b * beams], float("-inf"))]
-        results.append(max(pool, key=lambda h: _rank(h, options.length_penalty)))
-    return results
+    return task.run()

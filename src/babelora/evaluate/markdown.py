@@ -1,22 +1,27 @@
-"""Markdown rendering of a scoring Report (tables for ASR and ST, averages, signatures)."""
+"""Markdown rendering of a scoring report (tables for ASR and ST, averages, signatures).
+
+It renders the plain JSON form of a report (`Report.to_json()`, the content of report.json),
+so this module needs nothing from report.py: report.py imports it, not the other way round.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from babelora.evaluate.report import Report, Row
+RowJson = Mapping[str, Any]  # one item of report["rows"]: Row's fields plus "name"
 
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _confusion(row: Row) -> str:
-    if row.confusion is None:
+def _confusion(row: RowJson) -> str:
+    if row["confusion"] is None:
         return "-"
-    top = ", ".join(f"{k}:{v}" for k, v in list(row.wrong_langs.items())[:3])
-    return f"{row.confusion:.1f} ({row.lid_wrong}/{row.lid_judged}{'; ' + top if top else ''})"
+    top = ", ".join(f"{k}:{v}" for k, v in list(row["wrong_langs"].items())[:3])
+    counts = f"{row['lid_wrong']}/{row['lid_judged']}{'; ' + top if top else ''}"
+    return f"{row['confusion']:.1f} ({counts})"
 
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
@@ -24,18 +29,18 @@ def _table(header: list[str], lines: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(line) + " |" for line in lines]
 
 
-def _asr(rows: list[Row], avg: dict[str, Any]) -> list[str]:
+def _asr(rows: list[RowJson], avg: dict[str, Any]) -> list[str]:
     header = ["lang", "n", "metric", "score", "ortho", "normalizer", "confusion %", "lang source"]
     lines = [
         [
-            r.lang,
-            str(r.n),
-            r.metric.upper(),
-            _num(r.score),
-            _num(r.ortho),
-            r.normalizer or "-",
+            r["lang"],
+            str(r["n"]),
+            r["metric"].upper(),
+            _num(r["score"]),
+            _num(r["ortho"]),
+            r["normalizer"] or "-",
             _confusion(r),
-            r.lang_source,
+            r["lang_source"],
         ]
         for r in rows
     ]
@@ -60,17 +65,17 @@ def _asr(rows: list[Row], avg: dict[str, Any]) -> list[str]:
     return out
 
 
-def _st(rows: list[Row], avg: dict[str, Any]) -> list[str]:
+def _st(rows: list[RowJson], avg: dict[str, Any]) -> list[str]:
     header = ["direction", "n", "BLEU", "chrF", "chrF++", "confusion %", "lang source"]
     lines = [
         [
-            r.name,
-            str(r.n),
-            _num(r.score),
-            _num(r.chrf),
-            _num(r.chrf_pp),
+            r["name"],
+            str(r["n"]),
+            _num(r["score"]),
+            _num(r["chrf"]),
+            _num(r["chrf_pp"]),
             _confusion(r),
-            r.lang_source,
+            r["lang_source"],
         ]
         for r in rows
     ]
@@ -86,34 +91,36 @@ def _st(rows: list[Row], avg: dict[str, Any]) -> list[str]:
         ]
     )
     out = ["## ST", ""] + _table(header, lines) + ["", "sacreBLEU signatures:", ""]
-    out += [f"- {r.name}: BLEU `{r.bleu_signature}`; chrF++ `{r.chrf_signature}`" for r in rows]
+    out += [
+        f"- {r['name']}: BLEU `{r['bleu_signature']}`; chrF++ `{r['chrf_signature']}`" for r in rows
+    ]
     return out
 
 
-def report_markdown(report: Report) -> str:
-    """The whole report as Markdown."""
-    asr = [r for r in report.rows if r.task == "asr"]
-    st = [r for r in report.rows if r.task == "st"]
+def report_markdown(report: Mapping[str, Any]) -> str:
+    """The whole report as Markdown, from its JSON form (`Report.to_json()`)."""
+    asr = [r for r in report["rows"] if r["task"] == "asr"]
+    st = [r for r in report["rows"] if r["task"] == "st"]
     out: list[str] = ["# babelora scores", ""]
-    if report.meta:
-        out += ["Run: " + ", ".join(f"{k}={v}" for k, v in report.meta.items()), ""]
+    if report["meta"]:
+        out += ["Run: " + ", ".join(f"{k}={v}" for k, v in report["meta"].items()), ""]
     if asr:
-        out += _asr(asr, report.averages["asr"]) + [""]
+        out += _asr(asr, report["averages"]["asr"]) + [""]
     if st:
-        out += _st(st, report.averages["st"]) + [""]
-    lc = report.averages["language_confusion"]
+        out += _st(st, report["averages"]["st"]) + [""]
+    lc = report["averages"]["language_confusion"]
     out.append(
         f"Language confusion: {_num(lc['micro'])} % of {lc['judged']} judged outputs "
-        f"(macro {_num(lc['macro'])} %); outputs under {report.settings['lid_min_letters']} "
+        f"(macro {_num(lc['macro'])} %); outputs under {report['settings']['lid_min_letters']} "
         "letters are not judged."
     )
-    c = report.counts
+    c = report["counts"]
     out.append(
         f"Counts: {c['references']} references, {c['hypotheses']} hypotheses, {c['scored']} "
         f"scored, {c['missing']} missing, {c['extra']} extra, {c['failed']} failed."
     )
-    used = [r for r in report.rows if r.lang_used_accuracy is not None]
+    used = [r for r in report["rows"] if r["lang_used_accuracy"] is not None]
     if used:
-        acc = ", ".join(f"{r.name} {r.lang_used_accuracy:.1f}" for r in used)
+        acc = ", ".join(f"{r['name']} {r['lang_used_accuracy']:.1f}" for r in used)
         out.append(f"Prompt language = source language (%): {acc}.")
     return "\n".join(out) + "\n"

@@ -24,6 +24,7 @@ from babelora.data.manifest import Utterance
 from babelora.errors import ConfigError, LanguageError, ManifestError
 from babelora.evaluate import metrics
 from babelora.evaluate.hypotheses import Hypothesis, parse_hypothesis
+from babelora.evaluate.markdown import report_markdown
 from babelora.evaluate.normalize import normalizer_name
 from babelora.languages import LANG_CODES, check_lang
 
@@ -163,9 +164,7 @@ class Report:
 
     def to_markdown(self) -> str:
         """Markdown tables (ASR, ST), averages, signatures and counts."""
-        from babelora.evaluate.markdown import report_markdown
-
-        return report_markdown(self)
+        return report_markdown(self.to_json())
 
 
 def _keyed_item(uid: str, value: Any) -> Any:

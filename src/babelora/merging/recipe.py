@@ -132,7 +132,8 @@ class Recipe:
     """A merge: base + inputs + method + output (see the module docstring)."""
 
     # theta_0: a safetensors file or folder (streamed), or anything load_whisper accepts (a
-    # CTranslate2 or transformers folder, a hub id; null = the offline default tiny.en)
+    # offline name such as tiny.en, a CTranslate2 or transformers folder, a hub id; null = the
+    # offline default, base)
     base: str | None = None
     inputs: tuple[InputSpec, ...] = ()
     method: str = "task_arithmetic"  # a key of ops.MERGE_METHODS

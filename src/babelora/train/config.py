@@ -21,7 +21,7 @@ from babelora.languages import check_lang
 class ModelConfig:
     """Which backbone to start from."""
 
-    name: str | None = None  # HF id / transformers or CTranslate2 folder; None = offline tiny.en
+    name: str | None = None  # offline name (base, tiny.en), folder or HF id; None = base
     tiny_random: bool = False  # use a tiny random-weight Whisper instead (tests, smoke runs)
     tiny_random_seed: int = 0  # weights seed of the tiny random model
     prompt_style: Literal["multilingual", "english"] | None = None  # None = the model's own

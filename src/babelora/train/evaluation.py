@@ -90,7 +90,6 @@ def build_decode_hook(cfg: Any) -> EvaluateFn:
                 hook = adapter_batch_hook(adapter)
                 results = decode_requests(handle, requests, search, runner, before_batch=hook)
             finally:
-                adapter.context.stop_decoding()
                 adapter.context.clear()
         groups: dict[tuple[str, str, str], tuple[list[str], list[str]]] = {}
         for utt, res in zip(utts, results):

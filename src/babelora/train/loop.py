@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from babelora.config import dump_config, to_dict
-from babelora.data.collate import FRAMES_PER_SECOND
+from babelora.data.collate import FRAMES_PER_SECOND, IGNORE_INDEX
 from babelora.errors import ConfigError, ModelLoadError
 from babelora.train import checkpoint as ckpt
 from babelora.train.config import TrainConfig
@@ -275,7 +275,7 @@ class Trainer:
     def train_step(self, micro: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Forward/backward over the micro-batches, clip, step. Returns unreduced sums."""
         acc, world = self.acc, self.acc.num_processes
-        local = torch.tensor([float((b["labels"] != -100).sum()) for b in micro]).sum()
+        local = torch.tensor([float((b["labels"] != IGNORE_INDEX).sum()) for b in micro]).sum()
         tokens = acc.reduce(local.to(acc.device), "sum") if world > 1 else local.to(acc.device)
         scale = world * len(micro) / tokens.clamp(min=1)  # backward divides by grad_accum again
         stats = {"loss_sum": torch.zeros((), device=acc.device)}

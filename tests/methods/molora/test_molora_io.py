@@ -173,10 +173,8 @@ def test_training_routing_equals_cached_decoding(router):
     n_prompt = int(prompt_lengths(batch["labels"])[0])
     ids = batch["decoder_input_ids"]
     feats = batch["input_features"]
-    adapter.context.stop_decoding()
     masks = {"encoder": encoder_valid_mask(batch["feature_lens"], feats.shape[-1])}
-    adapter.set_routing(langs=batch["langs"], masks=masks)
-    adapter.context.start_decoding()
+    adapter.set_routing(langs=batch["langs"], masks=masks, decoding=True)
     with torch.no_grad():
         enc = model.get_encoder()(feats)
         out = model(encoder_outputs=enc, decoder_input_ids=ids[:, :n_prompt], use_cache=True)

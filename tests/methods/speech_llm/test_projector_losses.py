@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from babelora.data.collate import IGNORE_INDEX as IGNORE
 from babelora.data.manifest import Segment
 from babelora.errors import LanguageError
 from babelora.methods.speech_llm.losses import (
-    IGNORE,
     ProjectorLossConfig,
     balance_loss,
     frame_labels,

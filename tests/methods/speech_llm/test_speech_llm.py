@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 
 import pytest
 import torch
+from reference.speech_llm_beam import speech_llm_beam
 from reference.speech_llm_greedy import greedy_full_recompute, row_nll
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from babelora.data.prompts import llm_prompt
+from babelora.decode.search import returned_cache
 from babelora.errors import ConfigError, ModelLoadError
 from babelora.methods.speech_llm.losses import ProjectorLossConfig
 from babelora.methods.speech_llm.model import SpeechLLM, SpeechLLMConfig
@@ -89,23 +93,52 @@ def test_trains_then_kv_cache_decoding_equals_full_recompute(whisper, lm, projec
     for eos in (model.eos_id, -1):  # -1: no token ends the output, so all 6 steps are compared
         model.eos_id = eos
         cached = model.generate(batch, max_new_tokens=6)
-        assert cached == model.generate(batch, max_new_tokens=6, use_cache=False)
         assert cached == greedy_full_recompute(model, batch, 6)  # no padding/cache, one by one
-        assert cached == model.generate(batch, max_new_tokens=6, num_beams=1)
     assert [len(ids) for ids in cached] == [6, 6]
 
 
-def test_beam_search_runs_and_one_beam_equals_greedy(whisper):
-    model = speech_llm(whisper, freeze_lm=False)
-    batch = make_batch(model, lengths=(80, 80, 80))
-    train(model, batch, steps=6, lr=5e-3)
-    greedy = model.generate(batch, max_new_tokens=8)
-    assert model.generate(batch, max_new_tokens=8, num_beams=1) == greedy
-    beams = model.generate(batch, max_new_tokens=8, num_beams=3)
-    assert len(beams) == 3 and all(len(b) <= 8 for b in beams)
-    assert model.transcribe(batch, max_new_tokens=8, num_beams=3) == [
-        model.decode_text(b) for b in beams
+@pytest.fixture(scope="module")
+def trained_for_beams(whisper):
+    """Speech-LLMs (Llama and Whisper-decoder LM) trained a few steps on three utterances of
+    different lengths and prompts (left padding), so that beams end at different steps."""
+    models = {}
+    for lm in ("llama", "whisper"):
+        model = speech_llm(whisper, lm, freeze_lm=False)
+        batch = make_batch(model, lengths=(80, 120, 100))
+        train(model, batch, steps=6, lr=5e-3)
+        models[lm] = (model, batch)
+    return models
+
+
+@pytest.mark.parametrize("lm, beams", [("llama", 2), ("llama", 3), ("whisper", 3)])
+def test_beam_search_equals_full_recompute_reference(trained_for_beams, lm, beams):
+    model, batch = trained_for_beams[lm]
+    out = model.generate(batch, max_new_tokens=10, num_beams=beams)
+    assert out == speech_llm_beam(model, batch, 10, beams)  # one by one, no padding or cache
+    assert any(len(ids) < 10 for ids in out), "some beam should end with <eos>"
+    assert out != model.generate(batch, max_new_tokens=10), "beams should change something"
+    assert model.transcribe(batch, max_new_tokens=10, num_beams=beams) == [
+        model.decode_text(ids) for ids in out
     ]
+
+
+def test_beam_length_penalty_follows_the_shared_rule(trained_for_beams):
+    model, batch = trained_for_beams["llama"]
+    gnmt = copy.copy(model)
+    gnmt.cfg = dataclasses.replace(model.cfg, length_penalty=2.0)
+    out = gnmt.generate(batch, max_new_tokens=10, num_beams=3)
+    assert out == speech_llm_beam(gnmt, batch, 10, 3)
+
+
+def test_decoding_raises_no_deprecation_warning(trained_for_beams):
+    """transformers deprecates `past_key_values` (a FutureWarning on every forward)."""
+    for lm in ("llama", "whisper"):
+        model, batch = trained_for_beams[lm]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            model.generate(batch, max_new_tokens=3)
+            model.generate(batch, max_new_tokens=3, num_beams=2)
 
 
 def test_loss_is_target_token_ce_and_batch_equals_rows(whisper):
@@ -165,7 +198,7 @@ def test_whisper_lm_matches_decoder_when_cross_attention_adds_nothing(whisper):
         embeds = lm.get_input_embeddings()(ids)
         torch.testing.assert_close(lm(inputs_embeds=embeds).logits, ref, atol=1e-5, rtol=0)
         first = lm(input_ids=ids[:, :4], use_cache=True)  # KV cache continues exactly
-        step = lm(input_ids=ids[:, 4:], past_key_values=first.past_key_values)
+        step = lm(input_ids=ids[:, 4:], cache=returned_cache(first))
         torch.testing.assert_close(step.logits, ref[:, 4:], atol=1e-5, rtol=0)
     assert not any("encoder_attn" in n for n, _ in lm.named_parameters())
     assert lm.proj_out.weight is lm.model.decoder.embed_tokens.weight

@@ -6,6 +6,10 @@ Layout of `out` (see the dataset card):
     <split>_noisy.jsonl                        noisy copies (only with cfg.noise)
     audio/speech/<lang>/*.wav, audio/cs/<lang>/*.{wav,json}, audio/noisy/<lang>/*.wav
     README.md (dataset card), card.json (its numbers), config.yaml (resolved config)
+    .build.lock (held while a build runs: a second build of the same folder is refused)
+
+A re-run resumes: clips already there are decoded to the end and reused when whole, rendered
+again when damaged (counted as re-rendered), and the rest rendered.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from babelora.data.corpus.espeak import (
     speech_languages,
     voices_for,
 )
+from babelora.data.corpus.lock import build_lock
 from babelora.data.corpus.render import (
+    RENDERED,
+    RERENDERED,
+    REUSED,
     TMP_MARK,
     ClipInfo,
     ClipJob,
@@ -53,9 +61,10 @@ class BuildResult:
     manifests: dict[str, Path]
     stats: dict[str, Any]
     seconds: float
-    rendered: int = 0
-    reused: int = 0
+    rendered: int = 0  # clips made new
+    reused: int = 0  # clips found whole
     removed: list[str] = field(default_factory=list)
+    rerendered: int = 0  # clips found damaged (e.g. truncated) and made again
 
 
 def available_languages() -> tuple[str, ...]:
@@ -302,15 +311,21 @@ def build_corpus(
     progress: bool = False,
     command: str | None = None,
 ) -> BuildResult:
-    """Build (or finish building) the corpus in `out`; see the module docstring for the layout."""
-    start = time.perf_counter()
+    """Build (or finish building) the corpus in `out`; see the module docstring for the layout.
+    ConfigError when another build holds `out`'s lock."""
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out):
+        return _build(cfg, out, jobs, progress, command)
+
+
+def _build(
+    cfg: CorpusConfig, out: Path, jobs: int, progress: bool, command: str | None
+) -> BuildResult:
+    start = time.perf_counter()
     plan = plan_corpus(cfg)
     todo = list(plan.jobs.values())
     first = [j for j in todo if j.noise is None]
     second = [j for j in todo if j.noise is not None]
-    reused = sum(1 for j in todo if (out / j.path).is_file())
     bar = None
     if progress:
         from tqdm import tqdm
@@ -331,6 +346,17 @@ def build_corpus(
     seconds = time.perf_counter() - start
     dump_config(cfg, out / "config.yaml")
     write_card(out, render_card(stats, cfg, seconds, jobs, command), stats)
-    rendered = len(todo) - reused
-    log.info("corpus in %s: %d clips rendered, %d reused, %.1f s", out, rendered, reused, seconds)
-    return BuildResult(out, manifests, stats, seconds, rendered, reused, removed)
+    counts = {RENDERED: 0, REUSED: 0, RERENDERED: 0}
+    for info in infos.values():
+        counts[info.status] += 1
+    log.info(
+        "corpus in %s: %d clips rendered, %d reused, %d re-rendered (damaged), %.1f s",
+        out,
+        counts[RENDERED],
+        counts[REUSED],
+        counts[RERENDERED],
+        seconds,
+    )
+    return BuildResult(
+        out, manifests, stats, seconds, counts[RENDERED], counts[REUSED], removed, counts[RERENDERED]
+    )

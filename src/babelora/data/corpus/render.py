@@ -3,13 +3,17 @@
 A `ClipJob` says what one file holds: spans of (lang, text) spoken with `VoiceSettings`, or a
 noisy copy of another clip. File names are hashes of the job, so a finished file is never
 redone, and a re-run after a kill only renders what is missing. Every file is written to a
-temporary name and moved into place with `os.replace`, so a file that exists is complete.
+temporary name and moved into place with `os.replace`, so a file that exists was complete when
+written; a clip damaged since (e.g. cut short by a partial copy) is found by decoding it to the
+end before it is reused, and rendered again. Workers die with the build (`lifeline`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,13 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from babelora.data.audio import SAMPLE_RATE
+from babelora.data.audio import SAMPLE_RATE, wav_shortfall
 from babelora.data.corpus.codeswitch import join_spans
 from babelora.data.corpus.espeak import VoiceSettings, synthesize, voices_for
+from babelora.data.corpus.lifeline import worker_init
 from babelora.data.corpus.noise import make_noise, mix_at_snr
 from babelora.errors import AudioError
 
+log = logging.getLogger(__name__)
 TMP_MARK = ".tmp-"
+RENDERED, REUSED, RERENDERED = "rendered", "reused", "re-rendered"
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class ClipInfo:
     path: str
     duration: float
     segments: list[dict[str, Any]] | None = None
+    status: str = RENDERED
+    """RENDERED (new), REUSED (found complete) or RERENDERED (found damaged, made again)."""
 
 
 def clip_name(kind: str, lang: str, payload: Any) -> str:
@@ -98,30 +107,58 @@ def _read_wav(path: Path) -> np.ndarray:
     return data[:, 0]
 
 
-def _existing(job: ClipJob, root: Path) -> ClipInfo | None:
-    """The finished clip's info, or None if it must be (re)made."""
+def _whole_frames(wav: Path) -> int | str:
+    """An existing clip's frame count when it is whole, else why it cannot be reused: its header
+    must match the file's size (what babelora's reader checks) and it must decode, to the last
+    frame, to as many 16 kHz frames as the header declares."""
     import soundfile as sf
 
-    wav = root / job.path
-    meta = wav.with_suffix(".json")
-    if not wav.is_file() or (job.is_codeswitch and not meta.is_file()):
-        return None
     try:
         info = sf.info(str(wav))
-        segments = json.loads(meta.read_text("utf-8"))["segments"] if job.is_codeswitch else None
-    except (RuntimeError, sf.LibsndfileError, ValueError, KeyError):
-        return None
-    if info.frames == 0 or info.samplerate != SAMPLE_RATE:
-        return None
-    return ClipInfo(job.path, info.frames / SAMPLE_RATE, segments)
+        if info.format != "WAV" or info.samplerate != SAMPLE_RATE or info.frames == 0:
+            return f"not a 16 kHz WAV with samples ({info.format}, {info.samplerate} Hz)"
+        short = wav_shortfall(wav)
+        if short:
+            return f"truncated: {short}"
+        frames = len(sf.read(str(wav), dtype="int16", always_2d=True)[0])
+    except (RuntimeError, sf.LibsndfileError, ValueError, TypeError, OSError) as err:
+        return f"does not decode ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    if frames != info.frames:
+        return f"decodes to {frames} frames, its header declares {info.frames}"
+    return frames
+
+
+def _existing(job: ClipJob, root: Path) -> ClipInfo | str | None:
+    """The finished clip's info; None when there is no clip; why it must be made again when a
+    clip (or a code-switched clip's segment file) is there but damaged."""
+    wav = root / job.path
+    meta = wav.with_suffix(".json")
+    if not os.path.lexists(wav):
+        return None  # a segment file alone is a kill between the two writes, not damage
+    if not wav.is_file():
+        return "not a regular file"
+    frames = _whole_frames(wav)
+    if isinstance(frames, str):
+        return frames
+    segments = None
+    if job.is_codeswitch:
+        try:
+            segments = json.loads(meta.read_text("utf-8"))["segments"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"its segment file {meta.name} is unreadable ({type(err).__name__})"
+    return ClipInfo(job.path, frames / SAMPLE_RATE, segments, REUSED)
 
 
 def render(job: ClipJob, root: str | Path) -> ClipInfo:
     """Make one clip under `root` unless it is already there; return its info."""
     root = Path(root)
     done = _existing(job, root)
-    if done is not None:
+    if isinstance(done, ClipInfo):
         return done
+    status = RENDERED
+    if done is not None:
+        log.warning("%s: re-rendering a damaged clip: %s", job.path, done)
+        status = RERENDERED
     segments = None
     if job.noise is not None:
         spec = job.noise
@@ -146,7 +183,7 @@ def render(job: ClipJob, root: str | Path) -> ClipInfo:
     else:
         raise AudioError(f"{job.path}: clip job has neither text nor noise")
     _write_wav(root / job.path, wave)
-    return ClipInfo(job.path, len(wave) / SAMPLE_RATE, segments)
+    return ClipInfo(job.path, len(wave) / SAMPLE_RATE, segments, status)
 
 
 def _render_star(args: tuple[ClipJob, str]) -> ClipInfo:
@@ -169,7 +206,13 @@ def render_all(
             if progress:
                 progress(1)
         return out
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # workers end when this process dies, even by SIGKILL (lifeline); a forkserver's workers
+    # are its children, not ours, and follow it (it ends with us)
+    method = multiprocessing.get_start_method()
+    parent = None if method == "forkserver" else os.getpid()
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=worker_init, initargs=(parent,)
+    ) as pool:
         for info in pool.map(_render_star, args, chunksize=8):
             out[info.path] = info
             if progress:

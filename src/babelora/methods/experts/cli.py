@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="per_layer",
         help="learned weights per language and layer, or per language (default per_layer)",
     )
-    f.add_argument("--model", default=None, help="base model (default: offline tiny.en)")
+    f.add_argument("--model", default=None, help="base model (default: offline base)")
     f.add_argument("--steps", type=int, default=200, help="optimizer steps with --learn")
     f.add_argument("--lr", type=float, default=1e-2, help="learning rate with --learn")
     f.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (--learn)")
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lid.add_argument("--langs", default=None, help="languages, e.g. de,fr (default: manifest's)")
     lid.add_argument("--out", required=True, help="LID head folder")
     lid.add_argument("--eval", nargs="*", default=[], help="manifest(s) to report accuracy on")
-    lid.add_argument("--model", default=None, help="base model (default: offline tiny.en)")
+    lid.add_argument("--model", default=None, help="base model (default: offline base)")
     lid.add_argument("--epochs", type=int, default=None, help="head epochs (default LidConfig)")
     lid.add_argument("--hidden", type=int, default=None, help="MLP width, 0 = linear")
     lid.add_argument("--min-input-seconds", type=float, default=None, help="as for decoding")
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--experts", required=True, help="expert set folder")
     e.add_argument("--out", required=True, help="output folder (one subfolder per language)")
     e.add_argument("--langs", default=None, help="only these languages (default: all)")
-    e.add_argument("--model", default=None, help="base model (default: offline tiny.en)")
+    e.add_argument("--model", default=None, help="base model (default: offline base)")
     e.set_defaults(func=run_export)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from babelora.adapters import AdapterHandle, inject
+from babelora.data.collate import IGNORE_INDEX
 from babelora.decode.routing import encoder_mask
 from babelora.errors import ConfigError
 from babelora.methods.experts.expert_sets import (
@@ -187,7 +188,7 @@ def prompt_mask(labels: torch.Tensor) -> torch.Tensor:
     labels[b, i] is the token after position i, so the first label sits at the prompt's last
     position: the prompt is positions 0 .. first_label.
     """
-    valid = labels != -100
+    valid = labels != IGNORE_INDEX
     first = torch.where(valid.any(1), valid.float().argmax(1), torch.zeros_like(valid[:, 0]).long())
     return torch.arange(labels.shape[1], device=labels.device)[None, :] <= first[:, None]
 

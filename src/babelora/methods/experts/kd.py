@@ -21,8 +21,9 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor
 
+from babelora.data.collate import IGNORE_INDEX
+
 Direction = Literal["forward", "reverse"]
-IGNORE_INDEX = -100
 
 
 def token_kl(

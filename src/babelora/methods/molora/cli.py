@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--experts", required=True, help="expert set folder (a molora run's final/)")
     r.add_argument("--manifest", required=True, help="manifest JSONL (references are the input)")
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--model", default=None, help="base Whisper (default: offline tiny.en)")
+    r.add_argument("--model", default=None, help="base Whisper (default: offline base)")
     r.add_argument(
         "--prompt-style",
         choices=["multilingual", "english"],

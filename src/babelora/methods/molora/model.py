@@ -92,12 +92,7 @@ def route_languages(
 def route_batch(
     adapter: AdapterHandle, batch: dict[str, Any], unknown: UnknownLanguage = "error"
 ) -> None:
-    """Set the batch's languages and padding masks on the adapter's routing context.
-
-    Leaves decoding mode first (an evaluation that decoded may have switched the context to
-    cached, aux-free decisions).
-    """
-    adapter.context.stop_decoding()
+    """Set the batch's languages and padding masks on the adapter's routing context."""
     feats = batch["input_features"]
     level = adapter.config.routing_level
     masks = {

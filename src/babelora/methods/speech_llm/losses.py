@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from babelora.data.collate import IGNORE_INDEX
 from babelora.errors import LanguageError
 from babelora.methods.speech_llm.moe_projector import ProjectorRouting
-
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -90,21 +89,21 @@ def frame_labels(
         if lang in group_of:
             return group_of[lang]
         if unknown_lang == "ignore":
-            return IGNORE
+            return IGNORE_INDEX
         raise LanguageError(
             f"{where}: language '{lang}' has no expert group in the MoE projector "
             f"(group_langs: {', '.join(group_langs) or 'none'}); add it to "
             "projector.moe.group_langs or set losses.unknown_lang=ignore"
         )
 
-    labels = torch.full((len(lengths), T), IGNORE, dtype=torch.long)
+    labels = torch.full((len(lengths), T), IGNORE_INDEX, dtype=torch.long)
     for b, (lang, n) in enumerate(zip(langs, lengths)):
         segs = segments[b] if segments is not None else None
         if not segs:
             labels[b, :n] = group(lang, f"utterance {b}")
             continue
         centres = (torch.arange(n, dtype=torch.float64) + 0.5) * frame_seconds
-        row = torch.full((n,), IGNORE, dtype=torch.long)
+        row = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
         for seg in reversed(list(segs)):  # reversed: the first containing segment wins
             inside = (centres >= float(_field(seg, "start"))) & (
                 centres < float(_field(seg, "end"))

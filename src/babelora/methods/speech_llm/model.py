@@ -31,6 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from babelora.data.prompts import llm_prompt, whisper_prompt_ids
+from babelora.decode.search import (
+    DecodeOptions,
+    DecodingTask,
+    cache_keyword,
+    returned_cache,
+)
 from babelora.errors import ConfigError, ModelLoadError
 from babelora.methods.speech_llm.losses import (
     ProjectorLossConfig,
@@ -50,7 +56,7 @@ WHISPER_LM = "whisper-decoder"
 class SpeechLLMConfig:
     """A speech-LLM: which encoder and LM, the projector, what trains, decoding defaults."""
 
-    encoder: str | None = None  # Whisper id / folder / CTranslate2 folder; None = offline tiny.en
+    encoder: str | None = None  # offline name (base, tiny.en) / folder / HF id; None = base
     lm: str = WHISPER_LM  # causal LM id/folder, or 'whisper-decoder' (the encoder's Whisper)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     losses: ProjectorLossConfig = field(default_factory=ProjectorLossConfig)
@@ -64,7 +70,9 @@ class SpeechLLMConfig:
     target_leading_space: bool = True  # ' text' as Whisper/GPT-2 BPE LMs saw it in pretraining
     max_new_tokens: int = 128
     num_beams: int = 1
-    length_penalty: float = 1.0  # beam score / length**length_penalty
+    # beam ranking, babelora.decode.search.length_score: None = mean log-prob per token (the
+    # <eos> counts), a float = GNMT's length penalty with that exponent
+    length_penalty: float | None = None
 
 
 @dataclass
@@ -380,130 +388,90 @@ class SpeechLLM(nn.Module):
         batch: SpeechLLMBatch,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
-        use_cache: bool = True,
     ) -> list[list[int]]:
-        """Token ids per utterance (without <eos>): greedy (num_beams 1) or beam search, with a
-        KV cache (`use_cache=False` re-runs the full prefix each step; same tokens, slower).
-        Generation stops at the LM's position limit."""
+        """Token ids per utterance (without <eos>): greedy (num_beams 1) or beam search by
+        babelora.decode.search with a KV cache; beams are ranked by
+        `search.length_score(cfg.length_penalty)`. Generation stops at the LM's position
+        limit."""
         proj = self.speech_prefix(batch.features, batch.feature_lengths)
         embeds, attn, pos, _ = self._assemble(proj, batch.prompt_ids, None, batch.ids)
         n = max_new_tokens if max_new_tokens is not None else self.cfg.max_new_tokens
         if self.max_positions is not None:
             n = min(n, self.max_positions - int(attn.sum(1).max()))
-        beams = num_beams if num_beams is not None else self.cfg.num_beams
-        if beams > 1:
-            return self._beam_search(embeds, attn, pos, n, beams)
-        return self._greedy(embeds, attn, pos, n, use_cache)
-
-    def _greedy(self, embeds: Tensor, attn: Tensor, pos: Tensor, n: int, use_cache: bool):
-        embed = self.lm.get_input_embeddings()
-        B = embeds.shape[0]
-        out = self._lm(
-            keep=1, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=use_cache
+        options = DecodeOptions(
+            beam_size=num_beams if num_beams is not None else self.cfg.num_beams,
+            max_new_tokens=max(1, n),
+            length_penalty=self.cfg.length_penalty,
+            repetition_guard=0,
+            suppress_blank=False,
+            suppress_special=False,
         )
-        next_pos = pos[:, -1:] + 1
-        done = torch.zeros(B, dtype=torch.bool, device=embeds.device)
-        tokens: list[Tensor] = []
-        for step in range(n):
-            tok = out.logits[:, -1].argmax(-1).masked_fill(done, self.eos_id)  # (B,)
-            tokens.append(tok)
-            done |= tok == self.eos_id
-            if bool(done.all()) or step == n - 1:
-                break
-            attn = torch.cat([attn, attn.new_ones(B, 1)], 1)
-            new = embed(tok).unsqueeze(1)  # (B, 1, O)
-            if use_cache:
-                out = self._lm(
-                    inputs_embeds=new,
-                    attention_mask=attn,
-                    position_ids=next_pos,
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                )
-            else:
-                embeds, pos = torch.cat([embeds, new], 1), torch.cat([pos, next_pos], 1)
-                out = self._lm(
-                    keep=1,
-                    inputs_embeds=embeds,
-                    attention_mask=attn,
-                    position_ids=pos,
-                    use_cache=False,
-                )
-            next_pos = next_pos + 1
-        return [self._strip(row) for row in torch.stack(tokens, 1).tolist()] if tokens else [[]] * B
-
-    def _strip(self, ids: list[int]) -> list[int]:
-        return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
-
-    def _beam_search(self, embeds: Tensor, attn: Tensor, pos: Tensor, n: int, W: int):
-        """Batched beam search over B*W rows; the KV cache follows the beams (reorder_cache)."""
-        embed = self.lm.get_input_embeddings()
-        B, dev = embeds.shape[0], embeds.device
-        out = self._lm(
-            keep=1, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True
-        )
-        cache = out.past_key_values
-        cache.batch_repeat_interleave(W)
-        attn = attn.repeat_interleave(W, 0)
-        next_pos = (pos[:, -1:] + 1).repeat_interleave(W, 0)
-        logp = F.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(W, 0)  # (B*W, V)
-        scores = torch.full((B, W), float("-inf"), device=dev)
-        scores[:, 0] = 0.0
-        seqs: list[list[list[int]]] = [[[] for _ in range(W)] for _ in range(B)]
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-        done = [False] * B
-        lp = self.cfg.length_penalty
-        for step in range(n):
-            V = logp.shape[-1]
-            cand = (scores.reshape(-1, 1) + logp).view(B, W * V)
-            top_s, top_i = cand.topk(2 * W, dim=-1)
-            src, toks, new_scores = [], [], []
-            for b in range(B):
-                keep: list[tuple[float, int, int]] = []
-                if not done[b]:
-                    for rank, (s, i) in enumerate(zip(top_s[b].tolist(), top_i[b].tolist())):
-                        beam, tok = divmod(i, V)
-                        if tok == self.eos_id:
-                            if rank < W and s > float("-inf"):
-                                finished[b].append((s / (step + 1) ** lp, seqs[b][beam]))
-                        else:
-                            keep.append((s, beam, tok))
-                        if len(keep) == W:
-                            break
-                    done[b] = len(finished[b]) >= W or step == n - 1
-                keep += [(float("-inf"), 0, self.eos_id)] * (W - len(keep))
-                new_scores.append([s for s, _, _ in keep])
-                src += [b * W + beam for _, beam, _ in keep]
-                toks += [t for _, _, t in keep]
-                seqs[b] = [seqs[b][beam] + [t] for _, beam, t in keep]
-            if all(done):
-                break
-            scores = torch.tensor(new_scores, device=dev)
-            src_t = torch.tensor(src, device=dev)
-            cache.reorder_cache(src_t)
-            attn = torch.cat([attn[src_t], attn.new_ones(B * W, 1)], 1)
-            new = embed(torch.tensor(toks, device=dev)).unsqueeze(1)
-            out = self._lm(
-                inputs_embeds=new,
-                attention_mask=attn,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
-            next_pos = next_pos + 1
-            logp = F.log_softmax(out.logits[:, -1].float(), -1)
-        results = []
-        for b in range(B):
-            hyps = finished[b] or [
-                (s / max(len(q), 1) ** lp, q) for s, q in zip(scores[b].tolist(), seqs[b])
-            ]
-            results.append(max(hyps, key=lambda h: h[0])[1])
-        return results
+        decoder = PrefixStepDecoder(self, embeds, attn, pos)
+        prompts = [[] for _ in range(embeds.shape[0])]  # the prompt is part of the prefix
+        task = DecodingTask(decoder, prompts, self.eos_id, options)
+        return [hyp.tokens for hyp in task.run()]
 
     def transcribe(self, batch: SpeechLLMBatch, **kwargs: Any) -> list[str]:
         """Decoded text per utterance (`generate` + detokenisation)."""
         return [self.decode_text(ids) for ids in self.generate(batch, **kwargs)]
+
+
+class PrefixStepDecoder:
+    """`search.StepDecoder` for the speech-LLM's causal LM: the first step runs the left-padded
+    prefix embeddings (speech frames + prompt, `SpeechLLM._assemble`) and then any `input_ids`;
+    later steps feed the new tokens with the KV cache. Rows selected before the first step
+    (beam expansion) are picked after the prefix has run, so it runs once per utterance."""
+
+    def __init__(self, model: SpeechLLM, embeds: Tensor, attn: Tensor, pos: Tensor) -> None:
+        self.model = model
+        self.embed = model.lm.get_input_embeddings()
+        self.device = embeds.device
+        self.prefix: tuple[Tensor, Tensor] | None = (embeds, pos)  # (B, S, O), (B, S)
+        self.attn = attn  # (rows, S + steps): 0 on left padding
+        self.next_pos = pos[:, -1:] + 1  # (rows, 1)
+        self.pending: Tensor | None = None  # rows selected before the prefix ran
+        self.cache: Any = None
+        self._cache_kw = cache_keyword(model.lm.forward)
+
+    def step(self, input_ids: Tensor) -> Tensor:
+        if self.prefix is not None:
+            logits = self._run_prefix(*self.prefix)
+            if input_ids.shape[1] == 0:
+                return F.log_softmax(logits.float(), -1)
+        n = input_ids.shape[1]
+        self.attn = torch.cat([self.attn, self.attn.new_ones(len(self.attn), n)], 1)
+        out = self.model._lm(
+            keep=1,
+            inputs_embeds=self.embed(input_ids),
+            attention_mask=self.attn,
+            position_ids=self.next_pos + torch.arange(n, device=self.device),
+            use_cache=True,
+            **{self._cache_kw: self.cache},
+        )
+        self.cache = returned_cache(out)
+        self.next_pos = self.next_pos + n
+        return F.log_softmax(out.logits[:, -1].float(), -1)  # (rows, V)
+
+    def _run_prefix(self, embeds: Tensor, pos: Tensor) -> Tensor:
+        self.prefix = None
+        out = self.model._lm(
+            keep=1, inputs_embeds=embeds, attention_mask=self.attn, position_ids=pos, use_cache=True
+        )
+        self.cache = returned_cache(out)
+        logits = out.logits[:, -1]  # (B, V)
+        if self.pending is not None:
+            rows, self.pending = self.pending, None
+            self.select(rows)
+            logits = logits.index_select(0, rows)
+        return logits
+
+    def select(self, rows: Tensor, same_source: bool = False) -> None:
+        if self.prefix is not None:
+            self.pending = rows if self.pending is None else self.pending.index_select(0, rows)
+            return
+        self.cache.reorder_cache(rows)
+        self.attn = self.attn.index_select(0, rows)
+        self.next_pos = self.next_pos.index_select(0, rows)
 
 
 def build_speech_llm(

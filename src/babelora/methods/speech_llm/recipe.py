@@ -38,6 +38,7 @@ from torch import nn
 
 from babelora.adapters.config import LoRAConfig
 from babelora.config import build_dataclass, read_yaml, to_dict
+from babelora.data.collate import IGNORE_INDEX
 from babelora.data.prompts import EOT, token_id
 from babelora.errors import ConfigError, ModelLoadError
 from babelora.methods.speech_llm.losses import transition_weight_at
@@ -96,7 +97,7 @@ def make_loss_fn(utts: dict[str, Any], grad_accum: int) -> Any:
         except KeyError as err:
             raise ConfigError(f"utterance {err} is not in the run's manifests") from None
         labels = batch["labels"]
-        targets = [row[row != -100].tolist() for row in labels]
+        targets = [row[row != IGNORE_INDEX].tolist() for row in labels]
         dev = labels.device
         frame_labels = core.frame_labels_for(
             [u.lang for u in items], [u.segments for u in items], batch["feature_lens"]

@@ -1,6 +1,6 @@
 """A pretrained Whisper decoder used as a decoder-only causal language model.
 
-The speech-LLM's offline default LM (arXiv 2511.10670 backbone, issue 6): the decoder of Whisper
+The speech-LLM's offline default LM (the backbone role of arXiv 2511.10670): the decoder of Whisper
 tiny.en with its cross-attention removed, so that speech reaches it only as a prefix of
 `inputs_embeds`, exactly as for any `AutoModelForCausalLM`. Why remove rather than feed zeros:
 cross-attention over zero encoder states is *not* a no-op (the value and output biases still add
@@ -22,7 +22,14 @@ import torch
 from transformers import WhisperConfig, WhisperForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from babelora.data.collate import IGNORE_INDEX
+from babelora.decode.search import cache_keyword, returned_cache
 from babelora.errors import ConfigError
+
+# the output field that holds the KV cache: `cache` in recent transformers, else `past_key_values`
+_OUTPUT_CACHE = (
+    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
 
 
 class WhisperDecoderLM(WhisperForCausalLM):
@@ -59,7 +66,7 @@ class WhisperDecoderLM(WhisperForCausalLM):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -68,7 +75,10 @@ class WhisperDecoderLM(WhisperForCausalLM):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Causal LM forward (no encoder states). `labels` are *already shifted* (HF Whisper
-        convention): `labels[:, i]` is the target of `logits[:, i]`; -100 is ignored."""
+        convention): `labels[:, i]` is the target of `logits[:, i]`; -100 is ignored. `cache`
+        is the KV cache (`past_key_values`, its older name, is accepted as well)."""
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
         if (
             kwargs.get("encoder_outputs") is not None
             or kwargs.get("encoder_hidden_states") is not None
@@ -76,14 +86,15 @@ class WhisperDecoderLM(WhisperForCausalLM):
             raise ValueError("WhisperDecoderLM has no cross-attention; give speech as a prefix")
         kwargs.pop("encoder_outputs", None)
         kwargs.pop("encoder_hidden_states", None)
-        self._check_positions(input_ids, inputs_embeds, past_key_values, position_ids)
-        outputs = self.model.decoder(
+        self._check_positions(input_ids, inputs_embeds, cache, position_ids)
+        decoder = self.model.decoder
+        outputs = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             position_ids=position_ids,
             use_cache=use_cache,
+            **{cache_keyword(decoder.forward): cache},
             **kwargs,
         )
         hidden = outputs[0]
@@ -97,18 +108,18 @@ class WhisperDecoderLM(WhisperForCausalLM):
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(),
                 labels.to(logits.device).reshape(-1),
-                ignore_index=-100,
+                ignore_index=IGNORE_INDEX,
             )
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values
+            loss=loss, logits=logits, **{_OUTPUT_CACHE: returned_cache(outputs)}
         )
 
-    def _check_positions(self, input_ids, inputs_embeds, past_key_values, position_ids) -> None:
+    def _check_positions(self, input_ids, inputs_embeds, cache, position_ids) -> None:
         if position_ids is not None:
             top = int(position_ids.max()) + 1 if position_ids.numel() else 0
         else:
             length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             top = past + length
         if top > self.max_positions:
             raise ConfigError(
