@@ -5,10 +5,8 @@ PYTEST_ARGS ?= -q
 
 .PHONY: system-deps install test test-fast style demo bench clean
 
-system-deps:  ## espeak-ng speaks the offline corpus
-	@command -v espeak-ng >/dev/null 2>&1 || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+system-deps:  ## voices (espeak-ng, Pico), Fish Fillets speech, Weblate text; contrib/non-free on
+	@PYTHON="$(PYTHON)" bash scripts/install_system_deps.sh
 
 install: system-deps  ## torch first (the CPU wheel on disk), then babelora with its extras
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0

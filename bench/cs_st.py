@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "speech_llm"
 RESULTS = ROOT / "bench" / "results" / "cs_st.json"
@@ -160,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {k: score(model, v, args.batch_size, device) for k, v in sets.items()}
         results[name]["train_s"] = time.time() - start
         print(name, json.dumps(results[name]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(args.out / "results.json", results, indent=2)
     header = (
         f"steps/stage {args.steps}, device {device}, test: {len(sets['mono'])} mono, "
         f"{len(sets['cs'])} CS utterances; command: python bench/cs_st.py {' '.join(argv)}"
@@ -177,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "test_utterances": {k: len(v) for k, v in sets.items()},
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2))
+    write_json(RESULTS, record, indent=2)
     print(markdown(results, header))
     return 0
 

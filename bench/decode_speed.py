@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -25,6 +24,9 @@ from pathlib import Path
 
 import psutil
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / "work" / "decode_speed"
@@ -222,8 +224,7 @@ def main() -> None:
         "model": handle.name,
         "results": table,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(Path(args.out), result, indent=2)
     print("\n| system | audio s / s | x faster-whisper | WER % | peak RSS growth MB |")
     print("|---|---|---|---|---|")
     for t in table:

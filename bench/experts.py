@@ -26,12 +26,16 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Stopwatch, read_jsonl, requests_of, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "experts"
@@ -129,19 +133,16 @@ def run_training(system: str, args, langs, data, extra: list[str]) -> dict:
 
     cfg, overrides = train_config(system, args, langs, data, extra)
     shutil.rmtree(cfg.output_dir, ignore_errors=True)
-    start = time.perf_counter()
-    result = train(cfg)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        result = train(cfg)
     trained = ckpt.load_checkpoint(result.last_checkpoint).trainable
-    rows = [
-        json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = read_jsonl(Path(cfg.output_dir) / "metrics.jsonl")
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     return {
         "final": str(result.final_dir),
         "config": str(CONFIGS / CONFIG_OF[system]),
         "overrides": overrides,
-        "train_s": seconds,
+        "train_s": clock.wall,
         "steps": result.step,
         "trained_params": int(sum(v.numel() for v in trained.values())),
         "first_loss": losses[0] if losses else None,
@@ -169,31 +170,24 @@ def decode_and_score(
 ) -> tuple[dict, float]:
     from babelora.data.manifest import read_manifest
     from babelora.decode.routing import adapter_batch_hook, predict_languages
-    from babelora.decode.runner import Request, RunnerOptions, decode_requests
+    from babelora.decode.runner import RunnerOptions, decode_requests
     from babelora.decode.search import DecodeOptions
     from babelora.evaluate.metrics import bleu, error_rate
 
     # fine-tuned systems decode with the padding they trained with (to the longest, no tail);
     # the zero-shot base with the decoder's default (10 s), its best setting (docs/design.md)
     ropts = (
-        RunnerOptions(
-            batch_seconds=60.0,
-            max_batch_size=16,
-            min_input_seconds=0.0,
-            tail_seconds=0.0,
-            show_progress=False,
-        )
+        finetuned_options()
         if finetuned
         else RunnerOptions(batch_seconds=160.0, max_batch_size=16, show_progress=False)
     )
     utts = read_manifest(test)
-    reqs = [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
-    start = time.perf_counter()
-    if lid is not None:
-        reqs = predict_languages(handle, lid, reqs, ropts, adapter)
-    hook = adapter_batch_hook(adapter) if adapter is not None else None
-    results = decode_requests(handle, reqs, DecodeOptions(max_new_tokens=64), ropts, hook)
-    seconds = time.perf_counter() - start
+    reqs = requests_of(utts)
+    with Stopwatch() as clock:
+        if lid is not None:
+            reqs = predict_languages(handle, lid, reqs, ropts, adapter)
+        hook = adapter_batch_hook(adapter) if adapter is not None else None
+        results = decode_requests(handle, reqs, DecodeOptions(max_new_tokens=64), ropts, hook)
     groups: dict = {}
     for u, r in zip(utts, results):
         if r.error:
@@ -215,134 +209,162 @@ def decode_and_score(
         metrics["lid_routing_accuracy"] = sum(r.lang == u.lang for r, u in zip(reqs, utts)) / len(
             utts
         )
-    return metrics, seconds
+    return metrics, clock.wall
+
+
+# -- systems: each returns its fields of the system's JSON ------------------------------------
+def finetuned_options():
+    """Decoding as in training: padded to the longest input, no tail."""
+    from babelora.decode.runner import RunnerOptions
+
+    return RunnerOptions(
+        batch_seconds=60.0,
+        max_batch_size=16,
+        min_input_seconds=0.0,
+        tail_seconds=0.0,
+        show_progress=False,
+    )
+
+
+def multilingual_base(args):
+    from babelora.models.whisper import load_whisper
+
+    return load_whisper(args.model, prompt_style="multilingual")
+
+
+def peft_fields(args, out: dict, data: dict[str, Path]) -> dict:
+    """Deployed size and scores of a run whose export is one PEFT adapter."""
+    from babelora.methods.loading import apply_peft_adapter
+
+    handle = apply_peft_adapter(multilingual_base(args), Path(out["final"]))
+    out["deployed_params"] = _numel(Path(out["final"]) / "adapter_model.safetensors")
+    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
+    return out
+
+
+def run_base(args, langs, data) -> dict:
+    from babelora.models.whisper import load_whisper
+
+    handle = load_whisper(args.model)
+    out = {"prompt_style": handle.prompt_style}
+    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], finetuned=False)
+    return out
+
+
+def lora_overrides(args, rank: int) -> list[str]:
+    """LoRA learning rate, rank and alpha = 2 x rank."""
+    return [
+        f"optim.lr={args.lora_lr}",
+        f"recipe.params.rank={rank}",
+        f"recipe.params.alpha={2.0 * rank}",
+    ]
+
+
+def run_joint_lora(args, langs, data) -> dict:
+    extra = lora_overrides(args, args.rank * len(langs))  # as many parameters as the experts
+    return peft_fields(args, run_training("joint_lora", args, langs, data, extra), data)
+
+
+def run_full(args, langs, data) -> dict:
+    from babelora.models.whisper import load_whisper
+
+    out = run_training("full", args, langs, data, [f"optim.lr={args.full_lr}"])
+    handle = load_whisper(out["final"], prompt_style="multilingual")
+    out["deployed_params"] = sum(p.numel() for p in handle.model.parameters())
+    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
+    return out
+
+
+def run_experts(args, langs, data) -> dict:
+    from babelora.methods.loading import load_expert_set
+
+    out = run_training("experts", args, langs, data, lora_overrides(args, args.rank))
+    handle = multilingual_base(args)
+    adapter = load_expert_set(handle, out["final"])
+    out["deployed_params"] = _numel(Path(out["final"]) / "babelora_experts.safetensors")
+    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], adapter)
+    return out
+
+
+def lid_training_rows(utts, per_lang: int) -> list:
+    """The rows of the first `per_lang` audio files of each language."""
+    files: dict = {}
+    return [
+        u
+        for u in utts
+        if files.setdefault(u.lang, set()).add(u.audio_filepath) or len(files[u.lang]) <= per_lang
+    ]
+
+
+def run_experts_lid(args, langs, data) -> dict:
+    from babelora.data.manifest import read_manifest
+    from babelora.methods.experts.lid_training import evaluate_lid, train_lid
+    from babelora.methods.loading import load_expert_set
+
+    handle = multilingual_base(args)
+    ropts = finetuned_options()
+    lid_utts = lid_training_rows(read_manifest(data["train"]), args.lid_train_per_lang)
+    with Stopwatch() as clock:
+        head = train_lid(handle, lid_utts, langs, options=ropts)
+    out: dict = {"train_s": clock.wall}
+    report = evaluate_lid(head, handle, read_manifest(data["test"]), ropts)
+    out["lid_test"] = report.to_json()
+    adapter = load_expert_set(handle, experts_final(args))
+    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], adapter, lid=head)
+    return out
+
+
+def run_fused(args, langs, data) -> dict:
+    extra = [
+        "optim.lr=1e-2",
+        f"recipe.params.experts={experts_final(args)}",
+        f"recipe.params.rank={args.fusion_rank or args.rank * len(langs)}",
+    ]
+    out = run_training("fused", args, langs, data, extra)
+    out["fusion"] = json.loads((Path(out["final"]) / "fusion.json").read_text())
+    out["fusion"].pop("weights", None)
+    return peft_fields(args, out, data)
+
+
+def run_distilled(args, langs, data) -> dict:
+    extra = [
+        f"optim.lr={args.lora_lr}",
+        f"recipe.params.teacher={experts_final(args)}",
+        f"recipe.params.student_experts={len(langs)}",
+        f"recipe.params.temperature={args.kd_temperature}",
+        f"recipe.params.kd_weight={args.kd_weight}",
+    ]
+    out = peft_fields(args, run_training("distilled", args, langs, data, extra), data)
+    out["trained_params"] = out["deployed_params"]  # the checkpoint also holds the teachers
+    return out
+
+
+RUNNERS = {
+    "base": run_base,
+    "joint_lora": run_joint_lora,
+    "full": run_full,
+    "experts": run_experts,
+    "experts_lid": run_experts_lid,
+    "fused": run_fused,
+    "distilled": run_distilled,
+}
+
+
+def experts_final(args) -> Path:
+    """The trained experts (system `experts`), which experts_lid, fused and distilled reuse."""
+    return args.work / "experts" / "final"
 
 
 def run_system(system: str, args) -> dict:
+    """Train (where the system trains) and evaluate one system, in this process."""
     import torch
 
-    from babelora.methods.loading import apply_peft_adapter, load_expert_set
-    from babelora.models.whisper import load_whisper
-
+    if system not in RUNNERS:
+        raise SystemExit(f"unknown system {system}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    langs = args.langs.split(",")
     data = {k: args.work / f"{k}.jsonl" for k in ("train", "dev", "test")}
-    experts_final = args.work / "experts" / "final"
-    out: dict = {"system": system}
-    r, n = args.rank, len(langs)
-    lora = [f"optim.lr={args.lora_lr}"]
-    if system == "base":
-        handle = load_whisper(args.model)
-        out["prompt_style"] = handle.prompt_style
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], finetuned=False)
-    elif system == "joint_lora":
-        out.update(
-            run_training(
-                system,
-                args,
-                langs,
-                data,
-                lora + [f"recipe.params.rank={r * n}", f"recipe.params.alpha={2.0 * r * n}"],
-            )
-        )
-        handle = apply_peft_adapter(
-            load_whisper(args.model, prompt_style="multilingual"), Path(out["final"])
-        )
-        out["deployed_params"] = _numel(Path(out["final"]) / "adapter_model.safetensors")
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
-    elif system == "full":
-        out.update(run_training(system, args, langs, data, [f"optim.lr={args.full_lr}"]))
-        handle = load_whisper(out["final"], prompt_style="multilingual")
-        out["deployed_params"] = sum(p.numel() for p in handle.model.parameters())
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
-    elif system == "experts":
-        out.update(
-            run_training(
-                system,
-                args,
-                langs,
-                data,
-                lora + [f"recipe.params.rank={r}", f"recipe.params.alpha={2.0 * r}"],
-            )
-        )
-        handle = load_whisper(args.model, prompt_style="multilingual")
-        adapter = load_expert_set(handle, out["final"])
-        out["deployed_params"] = _numel(Path(out["final"]) / "babelora_experts.safetensors")
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], adapter)
-    elif system == "experts_lid":
-        from babelora.data.manifest import read_manifest
-        from babelora.decode.runner import RunnerOptions
-        from babelora.methods.experts.lid_training import evaluate_lid, train_lid
-
-        handle = load_whisper(args.model, prompt_style="multilingual")
-        ropts = RunnerOptions(
-            batch_seconds=60.0,
-            max_batch_size=16,
-            min_input_seconds=0.0,
-            tail_seconds=0.0,
-            show_progress=False,
-        )
-        train_utts = read_manifest(data["train"])
-        per: dict = {}
-        lid_utts = [
-            u
-            for u in train_utts
-            if per.setdefault(u.lang, set()).add(u.audio_filepath)
-            or len(per[u.lang]) <= args.lid_train_per_lang
-        ]
-        start = time.perf_counter()
-        head = train_lid(handle, lid_utts, langs, options=ropts)
-        out["train_s"] = time.perf_counter() - start
-        report = evaluate_lid(head, handle, read_manifest(data["test"]), ropts)
-        out["lid_test"] = report.to_json()
-        adapter = load_expert_set(handle, experts_final)
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], adapter, lid=head)
-    elif system == "fused":
-        out.update(
-            run_training(
-                system,
-                args,
-                langs,
-                data,
-                [
-                    "optim.lr=1e-2",
-                    f"recipe.params.experts={experts_final}",
-                    f"recipe.params.rank={args.fusion_rank or r * n}",
-                ],
-            )
-        )
-        out["fusion"] = json.loads((Path(out["final"]) / "fusion.json").read_text())
-        out["fusion"].pop("weights", None)
-        handle = apply_peft_adapter(
-            load_whisper(args.model, prompt_style="multilingual"), Path(out["final"])
-        )
-        out["deployed_params"] = _numel(Path(out["final"]) / "adapter_model.safetensors")
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
-    elif system == "distilled":
-        out.update(
-            run_training(
-                system,
-                args,
-                langs,
-                data,
-                lora
-                + [
-                    f"recipe.params.teacher={experts_final}",
-                    f"recipe.params.student_experts={n}",
-                    f"recipe.params.temperature={args.kd_temperature}",
-                    f"recipe.params.kd_weight={args.kd_weight}",
-                ],
-            )
-        )
-        handle = apply_peft_adapter(
-            load_whisper(args.model, prompt_style="multilingual"), Path(out["final"])
-        )
-        out["deployed_params"] = _numel(Path(out["final"]) / "adapter_model.safetensors")
-        out["trained_params"] = out["deployed_params"]  # the checkpoint also holds the teachers
-        out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
-    else:
-        raise SystemExit(f"unknown system {system}")
+    out = {"system": system, **RUNNERS[system](args, args.langs.split(","), data)}
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -384,44 +406,50 @@ def relative(results: dict) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.system:
-        res = run_system(args.system, args)
-        (args.work / f"{args.system}.json").write_text(json.dumps(res, indent=1), "utf-8")
-        return
-    import torch
+def relative_table(rel: dict) -> str:
+    lines = [
+        "\n| system | WER rel. reduction vs joint LoRA | vs full FT "
+        "| BLEU rel. gain vs joint LoRA | vs full FT |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in rel.items():
+        lines.append(
+            f"| {name} | {r.get('wer_rel_reduction_vs_joint_lora', 0):+.1f}% | "
+            f"{r.get('wer_rel_reduction_vs_full', 0):+.1f}% | "
+            f"{r.get('bleu_rel_gain_vs_joint_lora', 0):+.1f}% | "
+            f"{r.get('bleu_rel_gain_vs_full', 0):+.1f}% |"
+        )
+    return "\n".join(lines)
 
-    langs = args.langs.split(",")
-    start = time.perf_counter()
-    data = prepare_data(args, langs)
-    counts = {k: len(v.read_text(encoding="utf-8").splitlines()) for k, v in data.items()}
-    print(f"data: {counts} rows in {args.work}", file=sys.stderr, flush=True)
-    results = {}
-    child_args = [a for a in (argv if argv is not None else sys.argv[1:])]
-    for system in args.systems.split(","):
-        t0 = time.perf_counter()
-        print(f"== {system}", file=sys.stderr, flush=True)
+
+# -- main -------------------------------------------------------------------------------------
+def run_in_child(system: str, args, child_args: list[str]) -> dict:
+    """One system in its own process (its own peak RSS); its JSON, plus the wall time."""
+    print(f"== {system}", file=sys.stderr, flush=True)
+    with Stopwatch() as clock:
         cmd = [sys.executable, str(Path(__file__).resolve()), *child_args, "--system", system]
         subprocess.run(cmd, check=True)
-        results[system] = json.loads((args.work / f"{system}.json").read_text())
-        results[system]["wall_s"] = time.perf_counter() - t0
-        m = results[system]["metrics"]
-        print(
-            f"== {system}: WER {m['wer']:.1f} BLEU {m['bleu']:.1f} "
-            f"({results[system]['wall_s']:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-    wall = time.perf_counter() - start
-    report = {
+        result = json.loads((args.work / f"{system}.json").read_text())
+    result["wall_s"] = clock.wall
+    m = result["metrics"]
+    print(
+        f"== {system}: WER {m['wer']:.1f} BLEU {m['bleu']:.1f} ({result['wall_s']:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def report_of(args, langs, counts, child_args, wall: float, results: dict) -> dict:
+    import torch
+
+    return {
         "command": "python bench/experts.py " + " ".join(child_args),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
-            "cpu_count": __import__("os").cpu_count(),
+            "cpu_count": os.cpu_count(),
             "threads": args.threads,
             "torch": torch.__version__,
         },
@@ -440,22 +468,27 @@ def main(argv=None) -> None:
         "results": results,
         "relative": relative(results),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.system:  # child process: one system
+        res = run_system(args.system, args)
+        write_json(args.work / f"{args.system}.json", res)
+        return
+    langs = args.langs.split(",")
+    start = time.perf_counter()
+    data = prepare_data(args, langs)
+    counts = {k: len(v.read_text(encoding="utf-8").splitlines()) for k, v in data.items()}
+    print(f"data: {counts} rows in {args.work}", file=sys.stderr, flush=True)
+    child_args = list(argv if argv is not None else sys.argv[1:])
+    results = {system: run_in_child(system, args, child_args) for system in args.systems.split(",")}
+    wall = time.perf_counter() - start
+    report = report_of(args, langs, counts, child_args, wall, results)
+    write_json(args.out, report)
     print(table(results, langs))
-    rel = report["relative"]
-    print(
-        "\n| system | WER rel. reduction vs joint LoRA | vs full FT "
-        "| BLEU rel. gain vs joint LoRA | vs full FT |"
-    )
-    print("|---|---:|---:|---:|---:|")
-    for name, r in rel.items():
-        print(
-            f"| {name} | {r.get('wer_rel_reduction_vs_joint_lora', 0):+.1f}% | "
-            f"{r.get('wer_rel_reduction_vs_full', 0):+.1f}% | "
-            f"{r.get('bleu_rel_gain_vs_joint_lora', 0):+.1f}% | "
-            f"{r.get('bleu_rel_gain_vs_full', 0):+.1f}% |"
-        )
+    print(relative_table(report["relative"]))
     if "experts_lid" in results:
         print(f"\nLID accuracy (test files): {results['experts_lid']['lid_test']['accuracy']:.3f}")
     print(f"total wall time {wall:.0f} s; results in {args.out}")

@@ -577,6 +577,7 @@ def routing_heatmap(args, name: str, handle, adapter, clean) -> dict:
 
     usage = collect_routing_usage(handle, adapter, clean)
     png = args.out.parent / f"molora_routing_{adapter.config.router}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)  # before the JSON, which goes there last
     plot_usage(usage, png, f"{name}: expert usage on the clean test subset")
     return {"routing_usage": usage.to_json()["groups"], "routing_png": str(png)}
 

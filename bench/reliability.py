@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import datetime
 import io
-import json
 import os
 import platform
 import shutil
@@ -37,13 +36,17 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import read_jsonl, write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 WORK = ROOT / "bench" / "work" / "reliability"
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    common.log(msg, file=sys.stdout)  # progress goes with the table, on stdout
 
 
 # ----------------------------------------------------------------------------- 1. kills
@@ -93,7 +96,7 @@ def bad_inputs() -> dict:
                 "0",
             ]
         )
-    rows = [json.loads(x) for x in (work / "eval" / "hypotheses.jsonl").read_text().splitlines()]
+    rows = read_jsonl(work / "eval" / "hypotheses.jsonl")
     results = {r["id"]: r for r in rows}
     good = [c.name for c in CASES if c.kind == "works"]
     bad = [c for c in CASES if c.kind != "works"]
@@ -311,8 +314,7 @@ def main() -> None:
             )
         )
     report["table"] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_json(args.out, report)
     print("\n| reliability | result |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

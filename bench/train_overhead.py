@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import read_jsonl, reset_accelerate, write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -106,13 +109,6 @@ def warm_feature_cache(cfg) -> None:
         dataset[i]
 
 
-def reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 class StepClock:
     """Wall and CPU time at the end of every step; `since(k)` sums the steps after the k-th."""
 
@@ -146,9 +142,7 @@ def run_trainer(cfg, warmup: int) -> tuple[float, float, float]:
         train(cfg)
     finally:
         MetricLogger.advance = original
-    rows = [
-        json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = read_jsonl(Path(cfg.output_dir) / "metrics.jsonl")
     rows = [r for r in rows if "train/step_time_s" in r][1:]  # the first window is the warm-up
     audio = sum(r["train/audio_s_per_s"] * r["train/step_time_s"] * cfg.log_every for r in rows)
     return (*clock.since(warmup), audio)
@@ -158,6 +152,7 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     """The same steps as a bare PyTorch loop on the same model, batches and device."""
     import torch.nn.functional as F
 
+    from babelora.data.collate import IGNORE_INDEX
     from babelora.methods.registry import build_recipe
     from babelora.train.data import build_run_data
     from babelora.train.optim import build_optimizer, build_scheduler
@@ -188,7 +183,9 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
         ids, labels = batch["decoder_input_ids"].to(device), batch["labels"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(input_features=feats, decoder_input_ids=ids, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_norm)
         opt.step()
@@ -285,8 +282,7 @@ def main() -> None:
         f"{report['threads']} threads)"
     )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

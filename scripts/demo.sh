@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The babelora demo on the embedded default, offline, CPU, a few minutes:
+# The babelora demo on the small offline Whisper tiny.en (named: the default, base, is slower),
+# offline, CPU, a few minutes:
 #   1. corpus: human translations from packages, spoken by espeak-ng (German, French, English)
 #   2. zero-shot evaluation of the offline Whisper tiny.en
 #   3. LoRA language experts (one per language, one training run, mixed-language batches)
@@ -20,7 +21,7 @@ babelora corpus build --langs "$LANGS" --out "$OUT/corpus" --set "train=$TRAIN" 
 
 echo "== 2. zero-shot Whisper tiny.en (ASR and ST X->en in $LANGS)"
 babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$OUT/eval_zero_shot" \
-  --no-progress || true   # non-zero only when items failed; the report is still written
+  --model tiny.en --no-progress || true   # non-zero only when items failed; the report is still written
 
 echo "== 3. LoRA language experts: $STEPS steps"
 babelora train configs/experts/experts_tiny.yaml "output_dir=$OUT/experts" \
@@ -30,12 +31,12 @@ babelora train configs/experts/experts_tiny.yaml "output_dir=$OUT/experts" \
 
 echo "== 4. language-aware experts (batched routing by the manifest's language)"
 babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$OUT/eval_experts" \
-  --experts "$OUT/experts/final" --min-input-seconds 0 --prompt-style multilingual --no-progress || true
+  --model tiny.en --experts "$OUT/experts/final" --min-input-seconds 0 --prompt-style multilingual --no-progress || true
 
 echo "== 5. LoRS-Merging of the per-language adapters into one"
 INPUTS=$(echo "$LANGS" | tr ',' '\n' | sed "s#.*#{path: $OUT/experts/final/&, name: &}#" | paste -sd, -)
 babelora merge configs/merge/lors_lora.yaml "inputs=[$INPUTS]" "output.path=$OUT/merged"
 babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$OUT/eval_merged" \
-  --adapter "$OUT/merged" --min-input-seconds 0 --prompt-style multilingual --no-progress || true
+  --model tiny.en --adapter "$OUT/merged" --min-input-seconds 0 --prompt-style multilingual --no-progress || true
 
 echo "== done: reports in $OUT/eval_zero_shot, $OUT/eval_experts, $OUT/eval_merged (report.md)"

@@ -17,8 +17,10 @@ package above it, and that entry is its unit):
     5  train (the engine)
     6  the method packages (methods/experts, molora, speech_llm, finetune) and merging
     7  methods/registry.py and methods/loading.py, the only ways between method packages
-    8  the methods' command-line entries (methods/*/cli.py, and speech_llm/stages.py, which
-       chains training runs through the registry)
+    8  what drives the methods from above: their command-line entries (methods/*/cli.py),
+       speech_llm/stages.py (chains training runs through the registry), export (writes
+       trained models of any method through methods/loading.py) and serve (decodes them over
+       HTTP the same way)
     9  cli
 
 Rules: an import may not go up a layer; method packages do not import each other (the entries
@@ -61,6 +63,8 @@ LAYERS: dict[str, int] = {
     "babelora.methods.molora.cli": 8,
     "babelora.methods.speech_llm.cli": 8,
     "babelora.methods.speech_llm.stages": 8,
+    "babelora.export": 8,
+    "babelora.serve": 8,
     "babelora.cli": 9,
 }
 METHOD_PACKAGES = {u for u in LAYERS if u.startswith("babelora.methods.") and LAYERS[u] == 6}

@@ -108,3 +108,16 @@ def test_evaluate_writes_per_language_report(tmp_path):
     assert "bleu" in text and '"de"' in text and '"en"' in text
     assert (out / "hypotheses.jsonl").read_text().count("\n") == 4
     assert "given" in text
+
+
+def test_language_auto_on_english_only_model_points_to_lid(tmp_path, tone_wav, capsys):
+    wav = str(tone_wav(0.5))
+    assert main(["transcribe", wav, "--model", "tiny.en", "--language", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "English-only" in err and "--lid DIR" in err
+    manifest = tmp_path / "m.jsonl"
+    row = {"id": "a", "audio_filepath": wav, "duration": 0.5, "lang": "de", "text": "x"}
+    manifest.write_text(json.dumps(row) + "\n")
+    args = ["evaluate", "-m", str(manifest), "--out", str(tmp_path / "o"), "--model", "tiny.en"]
+    assert main([*args, "--language", "auto"]) == 2
+    assert "English-only" in capsys.readouterr().err

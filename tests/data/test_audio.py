@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -58,3 +62,33 @@ def test_bad_audio_errors_name_the_file(tmp_path, make, words):
     assert str(path) in str(err.value) and words in str(err.value)
     with pytest.raises(AudioError, match="folder"):
         load_audio(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_non_regular_files_are_refused_without_opening_them(tmp_path):
+    """Opening a FIFO for reading waits for a writer forever; a device never ends. Both are
+    refused up front, named, within a second."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    (tmp_path / "link.wav").symlink_to(fifo)  # through a symlink too
+    cases = [(fifo, "named pipe"), (tmp_path / "link.wav", "named pipe")]
+    if os.path.exists("/dev/zero"):
+        cases.append((Path("/dev/zero"), "character device"))
+    for path, words in cases:
+        errors: list[BaseException] = []
+
+        def read(path: Path = path, errors: list[BaseException] = errors) -> None:
+            try:
+                load_audio(path)
+            except BaseException as caught:  # noqa: BLE001 - handed to the main thread
+                errors.append(caught)
+
+        worker = threading.Thread(target=read, daemon=True)
+        worker.start()
+        worker.join(10)
+        if worker.is_alive():  # let the hung read finish before failing
+            with open(fifo, "wb"):
+                pass
+            pytest.fail(f"load_audio({path}) hangs")
+        (err,) = errors
+        assert isinstance(err, AudioError) and str(path) in str(err) and words in str(err), err

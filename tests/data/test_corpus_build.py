@@ -242,6 +242,27 @@ def test_resume_after_a_kill_finishes_without_duplicates(tiny, tmp_path, monkeyp
     assert _audio_hashes(out) == _audio_hashes(tiny)
 
 
+def test_damaged_clips_are_rendered_again_and_counted(tiny, tmp_path, capsys, caplog):
+    """A clip cut short after it was written (header intact, half its samples gone) would pass a
+    header check and go into the manifest at half its duration; the re-run decodes every clip
+    it reuses to the end, renders damaged ones again and says how many."""
+    out = tmp_path / "damaged"
+    shutil.copytree(tiny, out)
+    wavs = sorted((out / "audio" / "speech").rglob("*.wav"))
+    data = wavs[0].read_bytes()
+    wavs[0].write_bytes(data[: 44 + (len(data) - 44) // 2])  # a partial copy
+    wavs[1].write_bytes(b"RIFF" + bytes(300))  # garbage under a clip's name
+    total = len(list((tiny / "audio").rglob("*.wav")))
+    args = ["corpus", "build", "--langs", ",".join(LANGS), "--size", "tiny", "--jobs", "1"]
+    assert main([*args, "--noise", ",".join(NOISE), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"0 clips rendered, {total - 2} reused, 2 re-rendered (found damaged)" in printed
+    assert _audio_hashes(out) == _audio_hashes(tiny)
+    assert _manifest_bytes(out) == _manifest_bytes(tiny)
+    damaged = [r.getMessage() for r in caplog.records if "damaged clip" in r.getMessage()]
+    assert len(damaged) == 2 and "truncated" in " ".join(damaged)
+
+
 def test_bad_languages_and_config():
     with pytest.raises(LanguageError, match="'xx'.*available: .*de"):
         build_module.plan_corpus(preset_config("tiny", langs=("xx",)))

@@ -87,6 +87,25 @@ def test_duplicate_ids_and_collecting_errors(tmp_path):
     assert [u.id for u in utts] == ["a", "c"] and len(errors) == 2
 
 
+def test_non_utf8_line_is_a_bad_line_not_a_crash(tmp_path):
+    """A line in another encoding (here Latin-1) names file, line, byte and column, and the
+    lines around it still load when errors are collected."""
+    path = tmp_path / "latin1.jsonl"
+    bad = json.dumps(dict(GOOD, id="b", text="@")).replace('"@"', '"\u00e9t\u00e9"')
+    rows = [json.dumps(GOOD), bad, json.dumps(dict(GOOD, id="c", text="gr\u00fc\u00df"))]
+    path.write_bytes(rows[0].encode() + b"\n" + bad.encode("latin-1") + b"\n")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(rows[2] + "\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    column = bad.index("\u00e9") + 1
+    assert str(err.value).startswith(f"{path}:2: not valid UTF-8 (byte 0xe9 at column {column})")
+    errors: list = []
+    utts = read_manifest(path, errors=errors)
+    assert [u.id for u in utts] == ["a", "c"] and utts[1].text == "gr\u00fc\u00df"
+    assert len(errors) == 1 and f"{path}:2:" in str(errors[0])
+
+
 def test_data_root_containment(tmp_path):
     root = tmp_path / "data"
     root.mkdir()

@@ -13,6 +13,7 @@ from babelora.decode.runner import (
     RunnerOptions,
     decode_requests,
     features_for,
+    input_samples,
     write_results,
 )
 from babelora.decode.search import DecodeOptions
@@ -91,3 +92,41 @@ def test_results_jsonl(tmp_path, tiny_handle, tone_wav):
     row = json.loads(path.read_text().splitlines()[0])
     assert row["id"] == "a" and row["lang"] == "de" and row["task"] == "st"
     assert row["lang_source"] == "given" and "decode_seconds" in row
+
+
+def test_a_clip_decodes_the_same_in_any_batch(tmp_path, tiny_handle):
+    """The encoder input of a clip depends on the clip alone: decoded alone, among short clips,
+    and next to a 25 s clip it gives the same tokens (greedy, CPU, fp32)."""
+    rng = np.random.default_rng(3)
+
+    def clip(name: str, seconds: float) -> str:
+        wave = 0.1 * rng.standard_normal(int(16000 * seconds)).astype(np.float32)
+        return str(_write(tmp_path / f"{name}.wav", wave))
+
+    target = Request("target", clip("target", 1.3))
+    short = [Request(f"s{i}", clip(f"s{i}", 0.7 + 0.4 * i)) for i in range(3)]
+    long = Request("long", clip("long", 25.0))
+    opts = RunnerOptions(show_progress=False, min_input_seconds=0.0, batch_seconds=1000)
+    alone = decode_requests(tiny_handle, [target], DEC, opts)[0].hypothesis
+    with_short = decode_requests(tiny_handle, [*short, target], DEC, opts)[-1].hypothesis
+    with_long = decode_requests(tiny_handle, [long, target], DEC, opts)[-1].hypothesis
+    assert alone == with_short == with_long
+
+
+def test_input_length_is_a_function_of_the_clip():
+    opts = RunnerOptions(min_input_seconds=10.0, tail_seconds=0.5, length_bucket_seconds=2.0)
+    assert input_samples(16000 * 3, opts) == 16000 * 10  # the floor
+    assert input_samples(16000 * 11, opts) == 16000 * 12  # 11.5 s rounded up to the bucket
+    assert input_samples(16000 * 40, opts) == 16000 * 30  # never more than one window
+    assert input_samples(100, RunnerOptions(pad_to_30s=True)) == 16000 * 30
+
+
+def test_languages_share_a_batch():
+    """Rows whose prompts differ only in the language token decode in one forward pass."""
+    from babelora.decode.runner import _batches, _Piece
+
+    wave = np.zeros(16000, dtype=np.float32)
+    pieces = [_Piece(i, 0, wave, (1, 100 + i, 3)) for i in range(3)]
+    assert [len(b) for b in _batches(pieces, RunnerOptions())] == [3]
+    pieces.append(_Piece(3, 0, wave, (1, 3)))  # another prompt length: its own batch
+    assert sorted(len(b) for b in _batches(pieces, RunnerOptions())) == [1, 3]

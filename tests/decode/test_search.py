@@ -9,7 +9,14 @@ import pytest
 import torch
 from reference.naive_decode import naive_beam, naive_greedy
 
-from babelora.decode.search import DecodeOptions, generate, length_score, trailing_repeats
+from babelora.decode.search import (
+    DecodeOptions,
+    DecodingTask,
+    WhisperStepDecoder,
+    generate,
+    length_score,
+    trailing_repeats,
+)
 from babelora.models.whisper import tiny_random_whisper
 
 EOT = 50256
@@ -158,3 +165,5 @@ def test_bad_calls(model):
         generate(model, enc, [PROMPT], EOT)
     with pytest.raises(ValueError, match="beam_size"):
         DecodeOptions(beam_size=0)
+    with pytest.raises(ValueError, match="max_new must be >= 1"):
+        DecodingTask(WhisperStepDecoder(model, enc[:1]), [PROMPT], EOT, max_new=0)

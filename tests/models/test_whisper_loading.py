@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from reference.ct2_writer import write_ct2
 
 from babelora.errors import ModelLoadError
+from babelora.export.ct2 import write_ct2_model
 from babelora.models.ct2 import load_ct2_whisper, read_ct2_variables
 from babelora.models.offline import offline_model_path
 from babelora.models.whisper import load_whisper, tiny_random_whisper
@@ -15,8 +14,8 @@ from babelora.models.whisper import load_whisper, tiny_random_whisper
 
 def test_ct2_round_trip_gives_same_logits(tmp_path):
     ref = tiny_random_whisper(seed=3)
-    folder = write_ct2(
-        ref.model, tmp_path / "ct2", offline_model_path("tiny.en") / "tokenizer.json", np.float32
+    folder = write_ct2_model(
+        ref.model, tmp_path / "ct2", offline_model_path("tiny.en") / "tokenizer.json", "float32"
     )
     loaded = load_whisper(folder)
     feats = torch.randn(2, 80, 300)

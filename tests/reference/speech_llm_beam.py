@@ -5,9 +5,9 @@ beam at every step."""
 from __future__ import annotations
 
 import torch
-from reference.naive_decode import beam_full_recompute
 
 from babelora.decode.search import DecodeOptions
+from reference.naive_decode import beam_full_recompute
 
 
 @torch.no_grad()
@@ -24,8 +24,8 @@ def speech_llm_beam(model, batch, max_new_tokens: int, beams: int) -> list[list[
 
         def next_logprobs(tokens, prefix=prefix):
             seq = torch.cat([prefix, embed(torch.tensor(tokens, dtype=torch.long))])
-            logits = model.lm(inputs_embeds=seq.unsqueeze(0), use_cache=False).logits
-            return torch.log_softmax(logits[0, -1].float(), -1)
+            out = model.lm(inputs_embeds=seq.unsqueeze(0), use_cache=False, logits_to_keep=1)
+            return torch.log_softmax(out.logits[0, -1].float(), -1)
 
         results.append(beam_full_recompute(next_logprobs, model.eos_id, options))
     return results

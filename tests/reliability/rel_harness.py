@@ -10,8 +10,11 @@ of where the kill lands once it is time to kill (None: not yet). `after_time`, `
 `after` build the usual ones: a random moment, a condition on the files the command writes
 (e.g. "a temporary output file is half written"), or a condition plus a random delay. The
 command runs in its own session and the whole process group is killed, as a crash or the OOM
-killer would leave it (worker processes included). Training is covered by
-tests/train/test_kill_resume.py; the corpus and merge scenarios live in rel_scenarios.py.
+killer would leave it (worker processes included); with `kill="parent"` only the command's own
+process is killed (as `kill -9 PID` would), and the attempt records which of its descendants
+(taken from psutil just before the kill) were still alive `grace` seconds later, then kills
+those. Training is covered by tests/train/test_kill_resume.py; the corpus and merge scenarios
+live in rel_scenarios.py.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 Trigger = Callable[[float], "str | None"]
@@ -49,6 +53,8 @@ class Attempt:
     seconds: float  # since the start, when it was killed or ended
     killed: bool
     returncode: int | None  # None when killed
+    descendants: list[str] = field(default_factory=list)  # "PID NAME" of each, at the kill
+    survivors: list[str] = field(default_factory=list)  # those alive `grace` s after a parent kill
 
 
 @dataclass
@@ -113,6 +119,45 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # own session: pgid == pid; workers die too
 
 
+def _running(p) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for its new parent to reap it)."""
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill_parent(proc: subprocess.Popen, grace: float) -> tuple[list[str], list[str]]:
+    """SIGKILL `proc` alone; its descendants at the kill, and those alive `grace` s later (then
+    killed here, so a failing check leaves no stray processes)."""
+    import psutil
+
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        kids = []
+    names = {}
+    for kid in kids:
+        try:
+            names[kid.pid] = f"{kid.pid} {kid.name()}"
+        except psutil.NoSuchProcess:
+            names[kid.pid] = f"{kid.pid} (gone)"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + grace
+    alive = [k for k in kids if _running(k)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [k for k in alive if _running(k)]
+    for kid in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kid.kill()
+    return [names[k.pid] for k in kids], [names[k.pid] for k in alive]
+
+
 def run_once(
     cmd: Sequence[str],
     trigger: Trigger,
@@ -121,8 +166,11 @@ def run_once(
     cwd: str | Path | None = None,
     timeout: float = 300.0,
     poll: float = 0.002,
+    kill: Literal["group", "parent"] = "group",
+    grace: float = 5.0,
 ) -> Attempt:
-    """Run `cmd` until `trigger` fires (SIGKILL to its process group) or it ends by itself."""
+    """Run `cmd` until `trigger` fires (SIGKILL to its process group, or to its own process
+    with `kill="parent"`) or it ends by itself."""
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -144,6 +192,9 @@ def run_once(
                         raise AssertionError(f"{' '.join(cmd)} failed with exit {code}:\n{tail}")
                     return Attempt(name, f"finished (exit {code})", elapsed, False, code)
                 landed = trigger(elapsed)
+                if landed is not None and kill == "parent":
+                    kids, survivors = _kill_parent(proc, grace)
+                    return Attempt(name, landed, elapsed, True, None, kids, survivors)
                 if landed is not None:
                     _kill_group(proc)
                     proc.wait()
@@ -168,11 +219,12 @@ def kill_and_rerun(
     cwd: str | Path | None = None,
     timeout: float = 300.0,
     shuffle: bool = True,
+    kill: Literal["group", "parent"] = "group",
 ) -> KillRun:
     """Run `cmd` repeatedly, each run killed by the next of `triggers` (rounds in a seeded
     shuffled order, or as given with `shuffle=False`) until `kills` runs were killed (at most
     `max_attempts` runs, default 3 x kills); `check` sees the state after each run. Then run it
-    once more, uninterrupted, and return everything."""
+    once more, uninterrupted, and return everything. `kill`: see `run_once`."""
     rng = random.Random(seed)
     attempts: list[Attempt] = []
     limit = max_attempts or 3 * kills
@@ -183,7 +235,7 @@ def kill_and_rerun(
             if shuffle:
                 rng.shuffle(order)
         name, factory = order.pop(0)
-        attempt = run_once(cmd, factory(rng), name, env, cwd, timeout)
+        attempt = run_once(cmd, factory(rng), name, env, cwd, timeout, kill=kill)
         attempts.append(attempt)
         if check is not None:
             check(attempt)

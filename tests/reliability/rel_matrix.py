@@ -42,6 +42,8 @@ CASES = (
     Case("nan", "NaN samples", "audio", ("NaN or infinite",)),
     Case("inf", "infinite samples", "audio", ("NaN or infinite",)),
     Case("too_long", "audio far longer than the window (601 s)", "audio", ("longer than",)),
+    Case("fifo", "a named pipe (FIFO) as audio: refused, no hang", "audio", ("named pipe",)),
+    Case("folder", "a folder as audio", "audio", ("is a folder",)),
     Case("malformed_json", "malformed JSON line", "line", ("not valid JSON",), "line"),
     Case("missing_field", "missing field (lang)", "line", ("is missing",), "lang"),
     Case("missing_audio", "missing field (audio_filepath)", "line", ("is missing",)),
@@ -56,6 +58,7 @@ CASES = (
         "target_lang",
     ),
     Case("escapes_root", "audio path escaping --data-root", "line", ("escapes the data root",)),
+    Case("non_utf8", "a line not in UTF-8 (Latin-1 text)", "line", ("not valid UTF-8",), "line"),
 )
 BY_NAME = {c.name: c for c in CASES}
 
@@ -86,6 +89,8 @@ def write_matrix(root: Path) -> tuple[Path, dict[str, int]]:
         wave[100] = bad
         sf.write(audio / f"{name}.wav", wave, SR, subtype="FLOAT")  # float keeps NaN and inf
     sf.write(audio / "too_long.flac", np.zeros(601 * SR, np.float32), SR)  # tiny as FLAC
+    os.mkfifo(audio / "fifo.wav")  # opening it would wait for a writer forever
+    (audio / "folder.wav").mkdir()
     (root.parent / "outside.wav").write_bytes(whole)
 
     def row(name: str, **changes) -> str:
@@ -125,10 +130,17 @@ def write_matrix(root: Path) -> tuple[Path, dict[str, int]]:
             target_lang="zz",
         ),
         "escapes_root": row("escapes_root", audio_filepath="../outside.wav"),
+        "fifo": row("fifo"),
+        "folder": row("folder"),
+        # "\udce9" is written as the single byte 0xe9 (Latin-1 e-acute), not UTF-8
+        "non_utf8": row("non_utf8", audio_filepath="audio/good.wav", text="@").replace(
+            '"@"', '"\udce9t\udce9"'
+        ),
     }
     assert set(lines) == set(BY_NAME)
     manifest = root / "matrix.jsonl"
-    manifest.write_text("\n".join(lines.values()) + "\n", encoding="utf-8")
+    text = "\n".join(lines.values()) + "\n"
+    manifest.write_text(text, encoding="utf-8", errors="surrogateescape")
     return manifest, {name: i + 1 for i, name in enumerate(lines)}
 
 

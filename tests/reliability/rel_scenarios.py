@@ -1,7 +1,8 @@
 """Kill scenarios for `babelora corpus build` and `babelora merge` (used by test_rel_kill.py and
 bench/reliability.py): build a clean reference, kill the real command at seeded random points,
 check the files on disk after every kill, re-run, and compare with the reference byte for byte.
-Each returns a summary dict; a broken promise raises AssertionError."""
+Each returns a summary dict; a broken promise raises AssertionError. `corpus_parent_kill_scenario`
+kills the build's own process only, leaving its worker processes to the kernel."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -135,6 +137,74 @@ def corpus_scenario(work: Path, kills: int = 4, seed: int = 0, langs: str = "de"
         "manifest_lines": lines,
         "clean_seconds": round(seconds, 2),
         "items_lost": 0,
+    }
+
+
+COUNTS = re.compile(r"(\d+) clips rendered, (\d+) reused, (\d+) re-rendered")
+
+
+def corpus_parent_kill_scenario(
+    work: Path, kills: int = 2, seed: int = 0, langs: str = "de", jobs: int = 2
+) -> dict[str, Any]:
+    """`babelora corpus build --size tiny --jobs 2` with only its own process SIGKILLed (as
+    `kill -9 PID`) mid-render, `kills` times, then re-run.
+
+    After every kill: it had worker processes, and none of its descendants (workers, their
+    espeak-ng) is alive a few seconds later; each clip on disk decodes completely and has the
+    clean build's bytes. The re-run is not refused by the dead build's lock, and its counts are
+    right: the clips on disk before it reused, the others rendered, none re-rendered. The end
+    state is an uninterrupted build's."""
+    args = ["corpus", "build", "--size", "tiny", "--langs", langs, "--jobs", str(jobs)]
+    clean, killed = work / "clean", work / "killed"
+    seconds = timed(babelora_cmd(*args, "--out", clean))
+    clips = {p.relative_to(clean).as_posix(): sha256(p) for p in _wavs(clean)}
+    manifests = {p.name: p.read_bytes() for p in clean.glob("*.jsonl")}
+    assert len(clips) >= 4 and manifests
+    on_disk: list[int] = []
+
+    def n_more_clips(rng: random.Random):
+        have = len(_wavs(killed))
+        n = have + rng.randint(1, max(1, len(clips) - have - 2))  # workers still busy
+        return lambda: f"after clip {n} of {len(clips)}" if len(_wavs(killed)) >= n else None
+
+    def check(attempt: Attempt) -> None:
+        on_disk.append(len(_wavs(killed)))
+        if not attempt.killed:
+            return
+        workers = [d for d in attempt.descendants if "python" in d]
+        assert len(workers) >= 1, f"{attempt.landed}: no worker process to check"
+        assert not attempt.survivors, (
+            f"{attempt.landed}: alive after the build was killed: {attempt.survivors}"
+        )
+        for wav in _wavs(killed):
+            _decodes(wav)
+            rel = wav.relative_to(killed).as_posix()
+            assert clips.get(rel) == sha256(wav), f"{rel}: differs from the clean build"
+
+    cmd = babelora_cmd(*args, "--out", killed)
+    run = kill_and_rerun(
+        cmd, [("clips", after(n_more_clips))], kills, seed, check, shuffle=False, kill="parent"
+    )
+    assert run.final.returncode == 0, run.final.stderr[-3000:]
+    assert run.kills == kills, run.describe()
+    found = COUNTS.search(run.final.stdout)
+    assert found, run.final.stdout
+    rendered, reused, rerendered = map(int, found.groups())
+    assert (rendered, reused, rerendered) == (len(clips) - on_disk[-1], on_disk[-1], 0), (
+        found.group(0),
+        on_disk,
+    )
+    got = {p.relative_to(killed).as_posix(): sha256(p) for p in _wavs(killed)}
+    assert got == clips, "clips differ from the uninterrupted build"
+    assert {p.name: p.read_bytes() for p in killed.glob("*.jsonl")} == manifests
+    leftovers = [p.name for p in killed.rglob("*") if any(m in p.name for m in TMP_MARKS)]
+    assert not leftovers, leftovers
+    return {
+        "command": "babelora " + " ".join(args) + " --out DIR (kill -9 of the parent only)",
+        "kills": run.kills,
+        "attempts": [a.__dict__ for a in run.attempts],
+        "clips": len(clips),
+        "clean_seconds": round(seconds, 2),
     }
 
 

@@ -148,11 +148,60 @@ def test_empty_reference_is_scored_without_crashing():
     assert both.insertions == 2 and both.hits == 2 and both.score == pytest.approx(100.0)
 
 
+def test_report_lists_the_skipped_lines(batch):
+    """report.json and report.md name every skipped manifest line and why (before: only
+    stderr did), so that a row's n can be audited."""
+    skipped = {item["line"]: item["error"] for item in batch.report["skipped"]}
+    assert set(skipped) == {batch.line[name] for name in BAD_LINES}
+    assert batch.report["counts"]["skipped"] == len(BAD_LINES)
+    md = (batch.manifest.parent.parent / "eval" / "report.md").read_text()
+    assert "## Skipped manifest lines" in md
+    for name in BAD_LINES:
+        error = skipped[batch.line[name]]
+        assert error.startswith(f"{batch.manifest}:{batch.line[name]}: ")
+        assert all(word in error for word in BY_NAME[name].error)
+        assert f"- {error}" in md
+
+
 def test_unknown_language_on_the_command_line(batch, model_dir, tmp_path):
     code, _, err = run_cli("evaluate", "--manifest", batch.manifest, "--langs", "en,xx")
     assert code == 2
     (line,) = [x for x in err.splitlines() if "error:" in x]
     assert "unknown language code 'xx'" in line
+
+
+@pytest.mark.parametrize(
+    "command, flag, value, words",
+    [
+        ("evaluate", "--limit", "0", "must be >= 1, got 0"),  # was: every utterance
+        ("evaluate", "--limit", "-1", "must be >= 1, got -1"),  # was: all but the last
+        ("evaluate", "--max-new-tokens", "0", "must be >= 1, got 0"),  # was: a traceback
+        ("transcribe", "--max-new-tokens", "-3", "must be >= 1, got -3"),
+        ("evaluate", "--limit", "ten", "must be a whole number >= 1, got 'ten'"),
+    ],
+)
+def test_bad_counts_on_the_command_line_exit_2(
+    batch, tmp_path, capsys, command, flag, value, words
+):
+    where = ["--manifest", batch.manifest] if command == "evaluate" else [tmp_path / "a.wav"]
+    args = [command, *where, "--out", tmp_path / "out", flag, value]
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in args])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == f"babelora {command}: error: argument {flag}: {words}"
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_limit_keeps_the_first_n_utterances(batch, model_dir, tmp_path):
+    out = tmp_path / "out"
+    code, _, _ = run_cli(
+        "evaluate", "--manifest", batch.manifest, "--model", model_dir, "--out", out,
+        "--limit", "2", "--no-progress", "--max-new-tokens", "2",
+    )  # fmt: skip
+    rows = (out / "hypotheses.jsonl").read_text().splitlines()
+    assert [json.loads(r)["id"] for r in rows] == [c.name for c in CASES[:2]]
+    assert code == 1  # the bad lines further down are still reported
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -179,7 +228,8 @@ def other_base_adapters(tmp_path_factory) -> dict[str, Path]:
 def test_adapter_for_a_different_base_model(batch, model_dir, other_base_adapters, flag, tmp_path):
     folder = other_base_adapters["peft" if flag == "--adapter" else "set"]
     manifest = tmp_path / "one.jsonl"
-    manifest.write_text(batch.manifest.read_text().splitlines()[0] + "\n")
+    first = batch.manifest.read_bytes().splitlines()[0]  # bytes: the matrix is not all UTF-8
+    manifest.write_bytes(first + b"\n")
     (tmp_path / "audio").symlink_to(batch.manifest.parent / "audio")
     code, _, err = run_cli(
         "evaluate", "--manifest", manifest, "--model", model_dir, flag, folder, "--no-progress"
@@ -188,6 +238,82 @@ def test_adapter_for_a_different_base_model(batch, model_dir, other_base_adapter
     (line,) = [x for x in err.splitlines() if "error:" in x]
     assert line.startswith("babelora evaluate: error: ") and str(folder) in line
     assert "k_proj" in line and "32" in line and "64" in line  # the tensor and both sizes
+
+
+@pytest.fixture(scope="module")
+def signed_adapters(tmp_path_factory, model_dir) -> dict[str, Path]:
+    """Adapters as babelora exports them (base signature beside them), each with one defect.
+
+    sig512: an expert set whose signature says d_model=512 (the model has 64);
+    seed1: a PEFT adapter trained on another checkpoint of the same architecture (seed 1);
+    nomatch: a PEFT adapter whose tensors match no module (PEFT only warns, the base decodes);
+    truncated: a PEFT adapter whose adapter_model.safetensors is cut in half.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from babelora.adapters import LoRAConfig, export_peft, inject, language_experts
+    from babelora.methods.experts.expert_sets import export_expert_set
+    from babelora.models.base_check import write_base_signature
+    from babelora.models.whisper import load_whisper
+
+    root = tmp_path_factory.mktemp("signed")
+    handle = load_whisper(model_dir)
+    adapter = inject(handle.model, language_experts(LoRAConfig(rank=2), ("de", "en")))
+    export_expert_set(adapter, root / "sig512", handle.name)
+    sig = json.loads((root / "sig512" / "babelora_base.json").read_text())
+    sig["shapes"]["d_model"] = 512
+    (root / "sig512" / "babelora_base.json").write_text(json.dumps(sig))
+    other = save_tiny_model(root / "seed1_model", seed=1)
+    export_peft(adapter, root / "seed1", lang="de")
+    write_base_signature(root / "seed1", load_whisper(other).model, "tiny-random-whisper(seed=1)")
+    weights = "adapter_model.safetensors"
+    shutil.copytree(root / "sig512" / "de", root / "nomatch")
+    state = load_file(str(root / "nomatch" / weights))
+    save_file(
+        {k.replace("model.model.", "model.whisper.", 1): v for k, v in state.items()},
+        root / "nomatch" / weights,
+    )
+    shutil.copytree(root / "sig512" / "de", root / "truncated")
+    data = (root / "truncated" / weights).read_bytes()
+    (root / "truncated" / weights).write_bytes(data[: len(data) // 2])
+    return {name: root / name for name in ("sig512", "seed1", "nomatch", "truncated")}
+
+
+SIGNED_CASES = {
+    # case: (flag, words of the one error line, whether --ignore-base-mismatch decodes it)
+    "sig512": ("--experts", ("d_model=512 there, d_model=64 here", "--ignore-base-mismatch"), True),
+    "seed1": ("--adapter", ("trained on tiny-random-whisper(seed=1), not on", "differ"), True),
+    "nomatch": ("--adapter", ("match no module", "base_model.whisper."), False),
+    "truncated": ("--adapter", ("cannot read safetensors",), False),
+}
+
+
+@pytest.mark.parametrize("case", SIGNED_CASES)
+def test_adapter_that_would_decode_the_wrong_model(
+    batch, model_dir, signed_adapters, case, tmp_path
+):
+    """Before: sig512, seed1 and nomatch decoded with rc 0 (the wrong or the plain model),
+    truncated gave a SafetensorError traceback. Now: one line, exit 2; the base check has an
+    explicit escape."""
+    flag, words, escapable = SIGNED_CASES[case]
+    folder = signed_adapters[case]
+    manifest = tmp_path / "one.jsonl"
+    first = batch.manifest.read_bytes().splitlines()[0]  # bytes: the matrix is not all UTF-8
+    manifest.write_bytes(first + b"\n")
+    (tmp_path / "audio").symlink_to(batch.manifest.parent / "audio")
+    args = ["evaluate", "--manifest", manifest, "--model", model_dir, flag, folder]
+    args += ["--out", tmp_path / "eval", "--no-progress", "--max-new-tokens", "2"]
+    code, _, err = run_cli(*args)
+    assert code == 2, err
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert line.startswith("babelora evaluate: error: ") and str(folder) in line
+    for word in words:
+        assert word in line, line
+    if escapable:
+        code, _, err = run_cli(*args, "--ignore-base-mismatch", "--missing-expert", "base")
+        assert code == 0, err
 
 
 # ----------------------------------------------------------------------------- merge

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from rel_harness import after_time, kill_and_rerun, when
-from rel_scenarios import corpus_scenario, merge_scenario
+from rel_scenarios import corpus_parent_kill_scenario, corpus_scenario, merge_scenario
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
 
@@ -65,6 +65,37 @@ def test_corpus_build_survives_kills(tmp_path):
     summary = corpus_scenario(tmp_path, kills=4, seed=SEED)
     print(summary["attempts"])
     assert summary["kills"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_corpus_build_workers_die_with_a_killed_parent(tmp_path):
+    """`kill -9` of the build's own process (not its group): its render workers die with it
+    instead of rendering on, the next build is not locked out, and it counts right (the fast
+    unit tests of the same are tests/data/test_corpus_lifeline.py)."""
+    summary = corpus_parent_kill_scenario(tmp_path, kills=2, seed=SEED)
+    print(summary["attempts"])
+    assert summary["kills"] == 2
+
+
+def test_parent_only_kill_reports_surviving_descendants(tmp_path):
+    """The harness' parent-only kill: a child that ignores its parent's death is reported as a
+    survivor (and then killed by the harness)."""
+    from rel_harness import run_once
+
+    started = tmp_path / "started"
+    script = SCRIPT.replace("runs < 2", "True")
+    attempt = run_once(
+        [sys.executable, "-c", script, str(tmp_path)],
+        when(lambda: "after start" if started.exists() else None)(random.Random(0)),
+        kill="parent",
+        grace=0.5,
+    )
+    child = (tmp_path / "child-0").read_text()
+    assert attempt.killed and [s.split()[0] for s in attempt.survivors] == [child]
+    time.sleep(0.2)
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z"
 
 
 @pytest.mark.slow

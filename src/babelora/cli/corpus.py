@@ -1,12 +1,14 @@
-"""`babelora corpus`: build the offline espeak-ng corpus, or import a real corpus.
+"""`babelora corpus`: build the offline synthetic corpus, or import a real corpus.
 
     babelora corpus build --out DIR [--langs de,fr,es,it,nl,pt] [--size tiny|default|large]
-                          [--seed N] [--noise white,pink,babble] [--snr 5,20] [--jobs N]
-                          [--set key=value ...]
+                          [--voices espeak,pico[,mbrola]] [--text django,cldr,num2words[,weblate,
+                          fillets]] [--weblate WHEEL] [--seed N] [--noise white,pink,babble]
+                          [--snr 5,20] [--jobs N] [--set key=value ...]
     babelora corpus langs
     babelora corpus import covost2 --tsv-dir D --clips D --src de --tgt en --out DIR
     babelora corpus import mustc --root D --tgt de --out DIR
     babelora corpus import fleurs --lang-dir D/de_de [--en-dir D/en_us] --out DIR
+    babelora corpus import fillets --out DIR [--langs nl,cs] [--root D]
 
 `build` resumes: run it again after a kill and it renders only the missing clips (and any clip
 found damaged); a second build of the same --out while one runs is refused.
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("corpus", help="build the offline speech corpus or import one")
     sub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
 
-    b = sub.add_parser("build", help="synthesize the multilingual corpus with espeak-ng (offline)")
+    b = sub.add_parser("build", help="synthesize the multilingual corpus (offline)")
     b.add_argument("--out", required=True, help="output folder (manifests, audio/, README.md)")
     b.add_argument(
         "--langs",
@@ -43,6 +45,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="default",
         choices=sorted(PRESETS),
         help="size preset (default %(default)s)",
+    )
+    b.add_argument(
+        "--voices",
+        default=None,
+        help="speech engines: espeak, pico, mbrola, or one voice as engine:name (mbrola:es1); "
+        "default espeak,pico (their licences allow any use; MBROLA voices are non-commercial)",
+    )
+    b.add_argument(
+        "--text",
+        default=None,
+        help="text sources: django, cldr, num2words, weblate, fillets (default: the size's; "
+        "tiny/default: django,cldr,num2words; large: all five)",
+    )
+    b.add_argument(
+        "--weblate", default=None, help="Weblate wheel or unpacked package (for --text weblate)"
     )
     b.add_argument("--seed", type=int, default=0, help="seed of splits, sampling, speakers, noise")
     b.add_argument(
@@ -62,7 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lg = sub.add_parser("langs", help="list the languages the corpus can be built for")
     lg.set_defaults(func=run_langs)
 
-    imp = sub.add_parser("import", help="import CoVoST-2, MuST-C or FLEURS into manifests")
+    imp = sub.add_parser(
+        "import", help="import CoVoST-2, MuST-C, FLEURS or Fish Fillets NG into manifests"
+    )
     which = imp.add_subparsers(dest="corpus_name", metavar="CORPUS", required=True)
     c = which.add_parser("covost2", help="CoVoST-2 TSVs + Common Voice clips")
     c.add_argument("--tsv-dir", required=True, help="folder with covost_v2.<src>_<tgt>.<split>.tsv")
@@ -91,6 +110,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--splits", default="train,dev,test")
     _common_import_args(f, audio=True)
     f.set_defaults(func=run_import)
+    g = which.add_parser(
+        "fillets", help="Fish Fillets NG voice packs (Dutch, Czech): human speech, ASR + ST to en"
+    )
+    g.add_argument(
+        "--langs", default=None, help="voice packs to import (default: every one installed)"
+    )
+    g.add_argument(
+        "--root", default=None, help="game data folder (default /usr/share/games/fillets-ng)"
+    )
+    g.add_argument("--splits", default="train,test")
+    _common_import_args(g, audio=False)
+    g.set_defaults(func=run_import)
 
 
 def _common_import_args(p: argparse.ArgumentParser, audio: bool) -> None:
@@ -112,6 +143,18 @@ def run_build(args: argparse.Namespace) -> int:
     overrides = apply_overrides({}, args.set)
     overrides["langs"] = _csv(args.langs)
     overrides["seed"] = args.seed
+    if args.voices is not None:
+        overrides["voices"] = _csv(args.voices)
+    if args.text is not None:
+        from babelora.data.corpus.text_sources import source_names
+        from babelora.errors import LanguageError
+
+        try:
+            overrides["texts"] = list(source_names(_csv(args.text)))
+        except LanguageError as err:
+            raise ConfigError(f"--text: {err}") from None
+    if args.weblate is not None:
+        overrides["weblate"] = args.weblate
     if args.noise:
         overrides["noise"] = _csv(args.noise)
     if args.snr:
@@ -151,10 +194,13 @@ def run_langs(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from babelora.data.importers import import_covost2, import_fleurs, import_mustc
+    from babelora.data.importers import import_covost2, import_fillets, import_fleurs, import_mustc
 
     tasks, splits = _csv(args.tasks), _csv(args.splits)
-    if args.corpus_name == "covost2":
+    if args.corpus_name == "fillets":
+        langs = _csv(args.langs) if args.langs else None
+        report = import_fillets(args.out, langs, args.root, tasks, splits)
+    elif args.corpus_name == "covost2":
         report = import_covost2(
             args.tsv_dir, args.clips, args.src, args.tgt, args.out, splits, tasks, args.audio
         )

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from babelora.cli import corpus, decode, score, train
+from babelora.cli import corpus, decode, export, models, score, serve, train
 from babelora.errors import BabeloraError
 from babelora.merging import cli as merging_cli
 from babelora.methods.experts import cli as experts_cli
@@ -29,6 +29,9 @@ COMMANDS = (
     train,  # train (recipes: full, lora, experts, molora, ...)
     molora_cli,  # analyze routing (per-language expert usage heatmap)
     experts_cli,  # experts fuse / train-lid / export (LoRA language experts)
+    models,  # models (the Whisper models available offline by name)
+    export,  # export --format ct2|hf (faster-whisper / transformers folders)
+    serve,  # serve (HTTP, OpenAI's audio API; batches languages' experts together)
 )
 
 

@@ -5,6 +5,9 @@ Whisper prompt (decoder prefix):
 `<|target|>` is added only for ST into a language other than English (Whisper's own
 `<|translate|>` means "into English"). With style `english` (Whisper *.en checkpoints as
 released) the prefix is `<|startoftranscript|> <|notimestamps|>`: no language or task token.
+`load_whisper` gives each model its own style (`english` for a *.en vocabulary, else
+`multilingual`, e.g. base); training (the collator) and decoding (the runner) both render the
+prompt here with the model's style, so a fine-tuned model decodes with the prompt it learned.
 
 Speech-LLM prompt (text after the speech prefix): `llm_prompt(task, lang, target_lang)`.
 """

@@ -5,6 +5,11 @@ batched forward (`adapter_batch_hook`). Language-agnostic: a LID head on the *ba
 (experts off) predicts each utterance's language first (`predict_languages`); the prediction
 (or its posterior, to weight the experts) then routes as above, and every result says the
 language was predicted.
+
+A language without experts is an error unless the caller says what to do (`missing`): "base"
+decodes it without language experts (the bare base, or only MoLoRA's always-on shared experts;
+the hybrid router without its language prior), a language code decodes it with that language's
+experts. `expert_label` names what decoded each row, for the hypotheses and the report.
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ from babelora.decode.runner import (
     features_for,
 )
 from babelora.decode.search import RowHook
+from babelora.errors import LanguageError
+from babelora.languages import check_lang
+
+MISSING_CHOICES = ("error", "base")  # or a language code that has experts
+LANGUAGE_ROUTERS = ("language", "hybrid")  # routers that route by the row's language
+SHOW_IDS = 3
 
 
 def encoder_mask(feature_lens: torch.Tensor, frames: int) -> torch.Tensor:
@@ -34,11 +45,92 @@ def encoder_mask(feature_lens: torch.Tensor, frames: int) -> torch.Tensor:
     return frame_mask(feature_lens, (frames + 1) // 2)
 
 
-def adapter_batch_hook(adapter) -> BatchHook:
+def uses_language(adapter) -> bool:
+    """Whether the set routes rows by their language (else the language does not matter)."""
+    return adapter.config.router in LANGUAGE_ROUTERS
+
+
+def check_missing_policy(adapter, missing: str) -> str:
+    """`missing` checked: "error", "base", or a language (code) that has experts."""
+    if missing in MISSING_CHOICES:
+        return missing
+    lang = check_lang(missing)
+    known = adapter.context.languages
+    if uses_language(adapter) and lang not in known:
+        raise LanguageError(
+            f"--missing-expert {lang}: the expert set has no {lang!r} experts "
+            f"(experts: {', '.join(known) or 'none'})"
+        )
+    return lang
+
+
+def route_lang(adapter, lang: str, missing: str = "error") -> str | None:
+    """The language whose experts decode a row of language `lang` (None: no language experts)."""
+    known = adapter.context.languages
+    if lang in known:
+        return lang
+    if not uses_language(adapter) or missing == "base":
+        return None
+    if missing == "error":
+        raise LanguageError(
+            f"no experts for language {lang!r} (experts: {', '.join(known) or 'none'}); "
+            "pass --missing-expert base to decode it without language experts, or "
+            "--missing-expert LANG to use another language's experts"
+        )
+    return missing
+
+
+def check_expert_languages(adapter, requests: Sequence[Request], missing: str = "error") -> None:
+    """Raise LanguageError before decoding when a request's language has no experts and
+    `missing` is "error": names the language, how many utterances, and the experts there are."""
+    missing = check_missing_policy(adapter, missing)
+    if missing != "error" or not uses_language(adapter):
+        return
+    known = adapter.context.languages
+    orphans: dict[str, list[str]] = {}
+    for req in requests:
+        if req.lang_probs is None and req.lang not in known:
+            orphans.setdefault(req.lang, []).append(req.id)
+    if orphans:
+        lang, ids = next(iter(orphans.items()))
+        shown = ", ".join(repr(i) for i in ids[:SHOW_IDS]) + (
+            ", ..." if len(ids) > SHOW_IDS else ""
+        )
+        also = f"; also {', '.join(repr(x) for x in list(orphans)[1:])}" if len(orphans) > 1 else ""
+        raise LanguageError(
+            f"no experts for language {lang!r} ({len(ids)} utterances: {shown}{also}); the expert "
+            f"set has {', '.join(known) or 'none'}: pass --missing-expert base to decode them "
+            "without language experts, or --missing-expert LANG to use another language's experts"
+        )
+
+
+def expert_label(adapter, request: Request, missing: str = "error") -> str:
+    """What decoded `request`: a language's experts (its code), "posterior" (experts weighted by
+    the LID posterior), "shared" (only MoLoRA's always-on shared experts), "base" (no expert at
+    all), or the router ("learned", "weights") when the language does not choose the experts."""
+    cfg = adapter.config
+    if request.lang_probs is not None:
+        return "posterior"
+    if cfg.router in LANGUAGE_ROUTERS:
+        lang = route_lang(adapter, request.lang, missing)
+        if lang is not None:
+            return lang
+        if cfg.router == "hybrid":
+            return "learned"
+    elif cfg.router in ("learned", "weights"):
+        return cfg.router
+    return "shared" if cfg.num_shared else "base"
+
+
+def adapter_batch_hook(adapter, missing: str = "error") -> BatchHook:
     """A `before_batch` hook for decode_requests: route each row by its Request's language (or
     `lang_probs` posterior when every row has one), cache per-utterance decisions over the
-    decoding steps, and keep the routing rows aligned with beams and finished rows."""
+    decoding steps, and keep the routing rows aligned with beams and finished rows.
+
+    A language without experts raises LanguageError unless `missing` says what to do ("base":
+    no language experts; a language code: its experts)."""
     ctx = adapter.context
+    missing = check_missing_policy(adapter, missing)
 
     def before(reqs: list[Request], feature_lens: torch.Tensor, frames: int) -> Sequence[RowHook]:
         masks = {"encoder": encoder_mask(feature_lens, frames)}
@@ -48,7 +140,7 @@ def adapter_batch_hook(adapter) -> BatchHook:
                 lang_probs=probs.to(feature_lens.device), masks=masks, decoding=True
             )
         else:
-            langs = [r.lang if r.lang in ctx.languages else None for r in reqs]
+            langs = [route_lang(adapter, r.lang, missing) for r in reqs]
             adapter.set_routing(langs=langs, masks=masks, decoding=True)
         return [ctx.reorder]
 

@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 class RunnerOptions:
     """How utterances are batched and fed to the encoder."""
 
-    batch_seconds: float = 120.0  # audio seconds per batch (after padding to the longest)
+    batch_seconds: float = 120.0  # input seconds per batch (after padding)
     max_batch_size: int = 32
     pad_to_30s: bool = False  # exact original Whisper input (slow for short audio)
-    min_input_seconds: float = 10.0  # pad shorter batches with silence up to this length
-    tail_seconds: float = 0.5  # silence appended after the longest utterance of a batch
+    min_input_seconds: float = 10.0  # pad shorter clips with silence up to this length
+    tail_seconds: float = 0.5  # silence appended after each clip
+    length_bucket_seconds: float = 2.0  # input lengths are rounded up to a multiple of this
     max_chunks: int = 20  # refuse audio longer than this many 30 s windows
     show_progress: bool = True
 
@@ -112,30 +113,50 @@ def _chunks(wave: np.ndarray, max_chunks: int, name: str) -> list[np.ndarray]:
     return [wave[i * N_SAMPLES : (i + 1) * N_SAMPLES] for i in range(count)]
 
 
+def input_samples(samples: int, options: RunnerOptions) -> int:
+    """The input length (samples) a clip of `samples` samples is decoded at: its duration plus
+    the tail, at least `min_input_seconds`, rounded up to the length bucket, at most 30 s (exactly
+    30 s with `pad_to_30s`), with an even frame count (conv2 has stride 2).
+
+    It depends on the clip alone and batches only hold clips of one input length, so the
+    encoder sees the same input for a clip whatever else is in its batch: a clip decodes the
+    same alone or next to a long one.
+    """
+    if options.pad_to_30s:
+        return N_SAMPLES
+    length = max(samples + int(options.tail_seconds * SAMPLE_RATE), 1)
+    length = max(length, int(options.min_input_seconds * SAMPLE_RATE))
+    bucket = int(options.length_bucket_seconds * SAMPLE_RATE)
+    if bucket > 0:
+        length = -(-length // bucket) * bucket
+    frames = min(length, N_SAMPLES) // HOP_LENGTH
+    return (frames + frames % 2) * HOP_LENGTH
+
+
 def features_for(waves: Sequence[np.ndarray], n_mels: int, options: RunnerOptions) -> torch.Tensor:
-    """Log-mel batch (B, n_mels, T): each wave zero-padded to a common length, so padding frames
-    are true silence for every row (as Whisper's 30 s padding is)."""
+    """Log-mel batch (B, n_mels, T): each wave zero-padded to the batch's input length (the
+    longest `input_samples` of its waves), so padding frames are true silence for every row, as
+    Whisper's 30 s padding is."""
     if options.pad_to_30s:
         return torch.stack([log_mel(w, n_mels, pad_to_30s=True) for w in waves])
-    longest = max(len(w) for w in waves) + int(options.tail_seconds * SAMPLE_RATE)
-    length = max(longest, int(options.min_input_seconds * SAMPLE_RATE))
-    length = min(length, N_SAMPLES)
-    frames = length // HOP_LENGTH
-    length = (frames + frames % 2) * HOP_LENGTH  # even frame count (conv2 stride 2)
+    length = max(input_samples(len(w), options) for w in waves)
     padded = [np.pad(w[:length], (0, max(0, length - len(w)))) for w in waves]
     return torch.stack([log_mel(w, n_mels) for w in padded])
 
 
 def _batches(pieces: list[_Piece], options: RunnerOptions) -> Iterable[list[_Piece]]:
-    """Longest first, grouped by prompt, within the seconds and size budgets."""
-    order = sorted(pieces, key=lambda p: (p.prompt, -len(p.wave)))
+    """Batches of one input length and one prompt length (rows of different languages share a
+    batch: expert routing is per row), longest first, within the seconds and size budgets."""
+
+    def key(p: _Piece) -> tuple[int, int]:
+        return input_samples(len(p.wave), options), len(p.prompt)
+
+    order = sorted(pieces, key=lambda p: (key(p), p.prompt, -len(p.wave)))
     batch: list[_Piece] = []
     for piece in order:
-        longest = max([len(p.wave) for p in batch] + [len(piece.wave)]) / SAMPLE_RATE
-        over = longest * (len(batch) + 1) > options.batch_seconds
-        if batch and (
-            piece.prompt != batch[0].prompt or over or len(batch) >= options.max_batch_size
-        ):
+        seconds = key(piece)[0] / SAMPLE_RATE * (len(batch) + 1)
+        full = seconds > options.batch_seconds or len(batch) >= options.max_batch_size
+        if batch and (key(piece) != key(batch[0]) or full):
             yield batch
             batch = []
         batch.append(piece)

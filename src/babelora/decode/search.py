@@ -83,7 +83,7 @@ def cache_keyword(forward: Callable[..., Any]) -> str:
 def returned_cache(output: Mapping[str, Any]) -> Any:
     """The KV cache a transformers forward returned, read without the deprecated alias."""
     for key in ("cache", "past_key_values"):
-        if key in output.keys():
+        if key in output:
             return output[key]
     return None
 

@@ -1,10 +1,13 @@
 """Hypotheses files: JSONL, one decoded utterance a line, matched to a manifest by `id`.
 
-A line is `{"id", "hypothesis", "lang_used"?, "lang_source"?}`: `lang_used` (or `lang`, as
-`babelora.decode.runner` writes it) is the language the decoder put in the prompt, `lang_source`
-says whether that language was `given` (oracle) or `predicted` (LID). NeMo's `pred_text` and the
-short `hyp` are accepted for `hypothesis`. A line with an `error` records a failed utterance: it
-is scored as an empty output and counted as failed.
+A line is `{"id", "hypothesis", "lang_used"?, "lang_source"?, "lang_prob"?, "expert"?}`:
+`lang_used` (or `lang`, as `babelora.decode.runner` writes it) is the language the decoder put in
+the prompt, `lang_source` says whether that language was `given` (oracle) or `predicted` (LID),
+`lang_prob` the LID's probability of its prediction (babelora.decode.language), `expert` what
+decoded it with an expert set (a language's experts, `base`, `shared`, `posterior`: see
+babelora.decode.routing.expert_label). NeMo's `pred_text` and the short `hyp` are accepted for
+`hypothesis`. A line with an `error` records a failed utterance: it is scored as an empty output
+and counted as failed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class Hypothesis:
     lang_used: str | None = None
     lang_source: str | None = None  # "given" | "predicted" | None (not said)
     error: str | None = None  # why decoding failed (then `hypothesis` is "")
+    expert: str | None = None  # what decoded it with an expert set (None: no set, or not said)
+    lang_prob: float | None = None  # LID probability of the predicted `lang_used`
 
 
 def parse_hypothesis(row: Any, where: str) -> Hypothesis:
@@ -59,7 +64,19 @@ def parse_hypothesis(row: Any, where: str) -> Hypothesis:
     source = row.get("lang_source")
     if source is not None and source not in LANG_SOURCES:
         raise ManifestError(f"{where}: field 'lang_source' must be one of {LANG_SOURCES}")
-    return Hypothesis(str(uid), text, lang_used, source, None if error is None else str(error))
+    expert = row.get("expert")
+    if expert is not None and not isinstance(expert, str):
+        raise ManifestError(
+            f"{where}: field 'expert' must be a string, got {type(expert).__name__}"
+        )
+    prob = row.get("lang_prob")
+    if prob is not None and (
+        isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0
+    ):
+        raise ManifestError(f"{where}: field 'lang_prob' must be a number in [0, 1], got {prob!r}")
+    err = None if error is None else str(error)
+    prob = None if prob is None else float(prob)
+    return Hypothesis(str(uid), text, lang_used, source, err, expert or None, prob)
 
 
 def read_hypotheses(path: str | Path) -> dict[str, Hypothesis]:

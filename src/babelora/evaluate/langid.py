@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from babelora.config import cache_dir  # the one place BABELORA_CACHE is read
 from babelora.errors import ConfigError, DependencyError
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,6 @@ def ngrams(text: str, max_order: int) -> Counter[str]:
         out.update(map("".join, zip(*(text[i:] for i in range(n)))))  # the n-grams, at C speed
     del out[" "]  # the padding space alone says nothing
     return out
-
-
-def cache_dir() -> Path:
-    """Where babelora caches derived data: `$BABELORA_CACHE`, else `~/.cache/babelora`."""
-    return Path(os.environ.get("BABELORA_CACHE") or Path.home() / ".cache" / "babelora")
 
 
 def _package_root(name: str) -> Path:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 RowJson = Mapping[str, Any]  # one item of report["rows"]: Row's fields plus "name"
+SHOW_SKIPPED = 50  # skipped manifest lines listed in the Markdown (report.json has all)
 
 
 def _num(value: float | None) -> str:
@@ -97,6 +98,54 @@ def _st(rows: list[RowJson], avg: dict[str, Any]) -> list[str]:
     return out
 
 
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _experts(report: Mapping[str, Any]) -> list[str]:
+    """Which expert decoded how many outputs, in total and per row (expert sets only)."""
+    if not report.get("experts"):
+        return []
+    rows = "; ".join(
+        f"{r['name']}: {_counts(r['experts'])}" for r in report["rows"] if r.get("experts")
+    )
+    return [f"Experts that decoded the outputs: {_counts(report['experts'])} (per row: {rows})."]
+
+
+def _lid(report: Mapping[str, Any]) -> list[str]:
+    """LID accuracy and its confusion matrix (true source language x predicted prompt
+    language), for rows whose language was predicted."""
+    lid = report["averages"].get("lid")
+    rows = [r for r in report["rows"] if r["lang_source"] != "given" and r.get("lang_used_counts")]
+    if not lid or not rows:
+        return []
+    out = [
+        "",
+        "## Language identification",
+        "",
+        f"LID accuracy {lid['accuracy']:.1f} % of {lid['n']} utterances (macro "
+        f"{_num(lid['macro_accuracy'])} %); rows: true language, columns: predicted.",
+        "",
+    ]
+    cols = sorted({c for r in rows for c in r["lang_used_counts"]})
+    lines = [
+        [r["name"], *(str(r["lang_used_counts"].get(c, 0)) for c in cols), _num(r.get("lang_prob"))]
+        for r in rows
+    ]
+    return out + _table(["true \\ predicted", *cols, "mean p"], lines)
+
+
+def _skipped(skipped: list[Mapping[str, Any]]) -> list[str]:
+    """The manifest lines that were not scored, and why (not counted in any n)."""
+    if not skipped:
+        return []
+    out = ["", "## Skipped manifest lines", "", f"{len(skipped)} lines, in no row's n:", ""]
+    out += [f"- {item['error']}" for item in skipped[:SHOW_SKIPPED]]
+    if len(skipped) > SHOW_SKIPPED:
+        out.append(f"- ... and {len(skipped) - SHOW_SKIPPED} more (report.json lists all)")
+    return out
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
     """The whole report as Markdown, from its JSON form (`Report.to_json()`)."""
     asr = [r for r in report["rows"] if r["task"] == "asr"]
@@ -123,4 +172,5 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     if used:
         acc = ", ".join(f"{r['name']} {r['lang_used_accuracy']:.1f}" for r in used)
         out.append(f"Prompt language = source language (%): {acc}.")
+    out += _experts(report) + _lid(report) + _skipped(report.get("skipped") or [])
     return "\n".join(out) + "\n"

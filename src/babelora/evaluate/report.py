@@ -5,7 +5,9 @@ language for ASR (WER, or CER for zh/ja/th/lo/my/yue; normalized and orthographi
 direction for ST (BLEU with its sacrebleu signature, chrF, chrF++). The averages are macro
 averages over rows (each language counts once), as the papers report them. Every row also gives
 its language-confusion rate (share of outputs whose detected language is not the expected output
-language; `langid.py`), and whether the decoding language was given (oracle) or predicted.
+language; `langid.py`), and whether the decoding language was given (oracle) or predicted; where
+it was predicted (a LID head, or Whisper's own LID), the LID accuracy against the true source
+language, its confusion matrix (`lang_used_counts`) and mean probability (`lang_prob`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -111,8 +114,11 @@ class Row:
     wrong_langs: dict[str, int] = field(default_factory=dict)  # detected instead of expected
     lang_source: str = "unknown"  # "given" | "predicted" | "mixed" | "unknown"
     lang_used_accuracy: float | None = None  # % of prompts in the source language
+    lang_used_counts: dict[str, int] = field(default_factory=dict)  # prompt language: outputs
+    lang_prob: float | None = None  # mean LID probability of the predicted languages
     failed: int = 0  # decoding errors, scored as empty outputs
     missing: int = 0  # no hypothesis, scored as empty outputs (allow_missing)
+    experts: dict[str, int] = field(default_factory=dict)  # what decoded the outputs (expert sets)
 
     @property
     def name(self) -> str:
@@ -130,6 +136,8 @@ class Report:
     extra_ids: list[str]
     settings: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)  # the caller's: model, beam size, ...
+    experts: dict[str, int] = field(default_factory=dict)  # outputs decoded by each expert
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # manifest lines not scored
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serializable dict."""
@@ -146,6 +154,8 @@ class Report:
             "extra_ids": self.extra_ids,
             "settings": self.settings,
             "meta": self.meta,
+            "experts": self.experts,
+            "skipped": self.skipped,
         }
 
     @classmethod
@@ -160,6 +170,8 @@ class Report:
             list(data["extra_ids"]),
             dict(data["settings"]),
             dict(data.get("meta") or {}),
+            dict(data.get("experts") or {}),
+            list(data.get("skipped") or []),
         )
 
     def to_markdown(self) -> str:
@@ -237,7 +249,10 @@ def _score_row(key: tuple[str, str, str], items: list[tuple], config: ScoreConfi
     used = [h.lang_used for _, h, _ in items if h.lang_used]
     if used:
         row.lang_used_accuracy = 100.0 * sum(u == lang for u in used) / len(used)
+        row.lang_used_counts = _by_count(Counter(used))
+    row.lang_prob = _mean([h.lang_prob for _, h, _ in items])
     row.failed = sum(h.error is not None for _, h, _ in items)
+    row.experts = _by_count(Counter(h.expert for _, h, _ in items if h.expert))
     return row
 
 
@@ -266,6 +281,15 @@ def _averages(rows: list[Row]) -> dict[str, Any]:
             "bleu": _mean([r.score for r in st]),
             "chrf": _mean([r.chrf for r in st]),
             "chrf_pp": _mean([r.chrf_pp for r in st]),
+        }
+    predicted = [r for r in rows if r.lang_source != "given" and r.lang_used_counts]
+    if predicted:  # LID accuracy of the prompt language against the true source language
+        n = sum(sum(r.lang_used_counts.values()) for r in predicted)
+        right = sum(r.lang_used_counts.get(r.lang, 0) for r in predicted)
+        out["lid"] = {
+            "n": n,
+            "accuracy": 100.0 * right / n,
+            "macro_accuracy": _mean([r.lang_used_accuracy for r in predicted]),
         }
     judged = sum(r.lid_judged for r in rows)
     out["language_confusion"] = {
@@ -329,7 +353,26 @@ def score(
         "failed": sum(r.failed for r in rows),
     }
     settings = asdict(config) | {"mecab_available": metrics.mecab_available()}
-    return Report(rows, _averages(rows), counts, missing, extra, settings)
+    experts = sum((Counter(r.experts) for r in rows), Counter())
+    report = Report(rows, _averages(rows), counts, missing, extra, settings)
+    report.experts = _by_count(experts)
+    return report
+
+
+def _by_count(counts: Counter) -> dict[str, int]:
+    """Most frequent first, ties by name (stable across runs)."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def skipped_lines(errors: Sequence[Exception | str]) -> list[dict[str, Any]]:
+    """Manifest lines a run skipped, for `Report.skipped`: `{"line", "error"}` each, the line
+    number read from the message (`path:line: why`; None when it has none)."""
+    out = []
+    for err in errors:
+        text = str(err)
+        m = re.match(r"^.+?:(\d+): ", text)
+        out.append({"line": int(m.group(1)) if m else None, "error": text})
+    return out
 
 
 def score_results(

@@ -8,8 +8,10 @@ magnitude_prune, svd_lowrank, lors) and the output (full checkpoint or LoRA adap
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from babelora.merging import merge
+from babelora.merging.recipe import load_recipe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,11 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="open and check every input, print the per-tensor plan, write nothing",
     )
+    parser.add_argument(
+        "--ignore-base-mismatch",
+        action="store_true",
+        help="merge LoRA inputs whose saved base signature (or base name) is not the recipe's "
+        "base (sets every inputs[].check_base: false)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = merge(args.recipe, args.overrides, dry_run=args.dry_run)
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.ignore_base_mismatch:
+        inputs = tuple(dataclasses.replace(s, check_base=False) for s in recipe.inputs)
+        recipe = dataclasses.replace(recipe, inputs=inputs)
+    result = merge(recipe, dry_run=args.dry_run)
     if args.dry_run:
         print(result.plan.summary())
         return 0

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -112,6 +112,30 @@ def clean_stale(target: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def check_output_clear(output: str | Path, reads: Mapping[str, str | None]) -> None:
+    """MergeError when the output folder is, lies inside or contains a path the merge reads
+    (`reads`: a description such as "input 'de'" -> its path; None or a name that is not a local
+    path, e.g. a hub id, is skipped). Writing there, with output.overwrite, would replace or
+    delete that input; without it, would write into it."""
+    out = Path(os.path.realpath(Path(output).expanduser()))
+    for what, path in reads.items():
+        if not path or not Path(path).expanduser().exists():
+            continue
+        read = Path(os.path.realpath(Path(path).expanduser()))
+        if read == out:
+            where = f"is {what} ({path})"
+        elif read in out.parents:
+            where = f"lies inside {what} ({path})"
+        elif out in read.parents:
+            where = f"contains {what} ({path})"
+        else:
+            continue
+        raise MergeError(
+            f"output.path {str(output)!r} {where}: writing the output there would overwrite or "
+            "delete what the merge reads; choose an output.path outside the base and every input"
+        )
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from safetensors.torch import save_file
@@ -32,8 +33,21 @@ from babelora.merging.sources import (
     TensorSource,
     load_pickle,
 )
+from babelora.models.base_check import (
+    BASE_FILE,
+    BaseMismatchError,
+    check_base_tensors,
+    hub_name,
+    read_base_signature,
+    save_signature,
+    tensors_signature,
+)
 
 PREFIX = "base_model.model."
+MISMATCH_HINT = (
+    "merge onto the base they were trained on, or set inputs[].check_base: false "
+    "(--ignore-base-mismatch) to merge anyway"
+)
 
 
 def is_lora_adapter(path: str | Path) -> bool:
@@ -146,8 +160,12 @@ class LoraAdapter:
     def check_base(
         self, base: TensorSource, base_spec: str | None, check_name: bool, label: str
     ) -> None:
-        """MergeError if the base lacks an adapted module, shapes differ or the names differ."""
-        if check_name and self.base_name and not _same_model(self.base_name, base_spec, base):
+        """MergeError if the base lacks an adapted module or shapes differ; with `check_name`,
+        also when the adapter's base signature (babelora_base.json, which babelora writes) does
+        not match the base's weights, or, without a signature, when the base names differ."""
+        if check_name and has_signature(self.folder):
+            check_signature(self.folder, base, base_spec, label)
+        elif check_name and self.base_name and not _same_model(self.base_name, base_spec, base):
             raise MergeError(
                 f"input {label!r} ({self.folder}) is a LoRA for base {self.base_name!r} but the "
                 f"recipe's base is {base_spec!r}; set inputs[].check_base: false if they are the "
@@ -212,10 +230,48 @@ def _same_model(adapter_base: str, base_spec: str | None, base: TensorSource) ->
     def tail(name: str) -> str:
         return Path(str(name).rstrip("/")).name.lower()
 
-    names = {tail(base_spec or ""), tail(base.name)}
+    names = {tail(base_spec or ""), tail(base.name), tail(hub_name(base_spec or base.name) or "")}
     if base.config and base.config.get("_name_or_path"):
         names.add(tail(base.config["_name_or_path"]))
     return tail(adapter_base) in names
+
+
+def has_signature(folder: str | Path) -> bool:
+    return (Path(folder) / BASE_FILE).is_file()
+
+
+_MATCHED: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()  # base -> signatures it matched
+
+
+def check_signature(
+    folder: str | Path, base: TensorSource, base_spec: str | None, label: str
+) -> None:
+    """BaseMismatchError (a MergeError) when the signature saved in `folder` is not `base`'s
+    (shapes or sampled weights differ); a signature that matched this base once is not read
+    again (inputs trained on one base share it)."""
+    saved = read_base_signature(folder)
+    key = json.dumps(saved, sort_keys=True)
+    seen = _MATCHED.setdefault(base, set())
+    if key in seen:
+        return
+    try:
+        check_base_tensors(
+            folder,
+            base.names(),
+            base.get,
+            base.config,
+            base_spec or base.name,
+            hint=MISMATCH_HINT,
+        )
+    except BaseMismatchError as err:
+        raise BaseMismatchError(f"input {label!r}: {err}") from None
+    seen.add(key)
+
+
+def write_signature(folder: str | Path, base: TensorSource, base_spec: str | None) -> None:
+    """The base signature beside a LoRA the merge writes (so decoding can check its base)."""
+    names = [k for k in base.names() if base.meta(k).dtype.is_floating_point]
+    save_signature(folder, tensors_signature(names, base.get, base.config, base_spec or base.name))
 
 
 def factorise(delta: Tensor, rank: int) -> tuple[Tensor, Tensor]:

@@ -44,8 +44,13 @@ from tqdm import tqdm
 from babelora.config import dump_config
 from babelora.errors import ConfigError, MergeError
 from babelora.merging.inputs import MergeInput, generators_for, open_input
-from babelora.merging.io import SafetensorsWriter, atomic_folder
-from babelora.merging.lora_io import factorise, relative_error, write_lora_adapter
+from babelora.merging.io import SafetensorsWriter, atomic_folder, check_output_clear
+from babelora.merging.lora_io import (
+    factorise,
+    relative_error,
+    write_lora_adapter,
+    write_signature,
+)
 from babelora.merging.ops import MERGE_METHODS, RankParams, TensorContext
 from babelora.merging.recipe import Recipe, load_recipe, match_any, method_params
 from babelora.merging.report import REPORT_NAME, build_report, set_config_dtype
@@ -160,6 +165,18 @@ def _open_all(recipe: Recipe, sources: Mapping[str, SourceLike]):
     return base, inputs, merged
 
 
+def _check_output(recipe: Recipe, sources: Mapping[str, SourceLike]) -> None:
+    """Refuse an output.path that is, lies inside or contains the base or an input."""
+    if not recipe.output.path:
+        return
+    reads = {"the base": recipe.base if "base" not in sources else None}
+    for spec in recipe.inputs:
+        reads[f"input {spec.label!r}"] = spec.path if spec.label not in sources else None
+    if recipe.expand is not None and "merged" not in sources:
+        reads["expand.merged"] = recipe.expand.merged
+    check_output_clear(recipe.output.path, reads)
+
+
 def _num_merged(recipe: Recipe) -> int:
     expand = recipe.expand
     assert expand is not None
@@ -193,6 +210,7 @@ def plan(recipe: Recipe, sources: Mapping[str, SourceLike] | None = None) -> Mer
     `sources` maps 'base', input names or 'merged' to Python sources (a TensorSource or a state
     dict) that replace the recipe's paths.
     """
+    _check_output(recipe, dict(sources or {}))
     base, inputs, merged = _open_all(recipe, dict(sources or {}))
     labels = [inp.label for inp in inputs]
     existing, n_default, n_languages = 1.0, len(inputs), len(inputs)
@@ -422,6 +440,7 @@ def execute(plan: MergePlan) -> MergeResult:
                     "output kind lora: no targeted tensor has a non-zero merged update"
                 )
             write_lora_adapter(tmp, sink.factors, r.output.rank or 1, r.base or plan.base.name)
+            write_signature(tmp, plan.base, r.base)  # decoding checks the LoRA's base
             side = []
         dropped = sink.dropped if isinstance(sink, _LoraSink) else None
         report = build_report(plan, stats, side, time.perf_counter() - start, target, dropped)

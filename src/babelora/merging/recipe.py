@@ -56,7 +56,8 @@ class InputSpec:
     name: str | None = None  # unique label (report, DARE seeds, weights); null = path's name
     weight: float = 1.0  # w_t in merged = base + lambda * combine(w_t, tau_t)
     kind: Literal["auto", "full", "lora"] = "auto"  # auto: adapter_config.json means lora
-    check_base: bool = True  # lora: compare adapter_config base_model_name_or_path with base
+    check_base: bool = True  # lora: its base signature (babelora_base.json; else the name in
+    # adapter_config's base_model_name_or_path) must match `base`; false merges it anyway
     partial: bool = False  # full: tensors the input lacks equal the base's (tau = 0), e.g. a
     # checkpoint of the trainable weights only; false: a missing tensor is an error
 

@@ -2,9 +2,11 @@
 
 Facts (shared/reference/ctranslate2-whisper.md): model.bin is little-endian: uint32 version,
 string spec name, uint32 revision, uint32 variable count; each variable is a name string,
-uint8 rank, rank x uint32 dims, uint8 dtype id, uint32 byte count, raw bytes. A string is a uint16
-length (with trailing NUL) then bytes. Self-attention q/k/v are fused in `linear_0`; cross-attention
-k/v in `linear_1`. The output projection is tied to the token embedding.
+uint8 rank, rank x uint32 dims, uint8 dtype id, uint32 byte count, raw bytes; then a uint32
+alias count and (alias, target) string pairs, a variable equal to another being stored once.
+A string is a uint16 length (with trailing NUL) then bytes. Self-attention q/k/v are fused in
+`linear_0`; cross-attention k/v in `linear_1`. The output projection is tied to the token
+embedding. babelora.export.ct2 writes this format.
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def _read_string(buf: memoryview, pos: int) -> tuple[str, int]:
     pos += 2
     text = bytes(buf[pos : pos + length]).rstrip(b"\0").decode("utf-8")
     return text, pos + length
+
+
+def _read_aliases(data: memoryview, pos: int, variables: dict[str, np.ndarray], path: Path) -> None:
+    """Resolve the alias table after the variables (the converter stores a tensor equal to an
+    earlier one once, e.g. Whisper's output projection, tied to the token embedding)."""
+    if pos == len(data):  # no table (writers before binary version 3)
+        return
+    (count,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    for _ in range(count):
+        alias, pos = _read_string(data, pos)
+        target, pos = _read_string(data, pos)
+        if target not in variables:
+            raise ModelLoadError(f"{path}: alias {alias!r} names unknown variable {target!r}")
+        variables[alias] = variables[target]
 
 
 def read_ct2_variables(model_bin: str | Path) -> tuple[str, dict[str, np.ndarray]]:
@@ -66,6 +83,7 @@ def read_ct2_variables(model_bin: str | Path) -> tuple[str, dict[str, np.ndarray
                 raise ModelLoadError(f"{path}: variable {name!r} has unknown dtype id {dtype_id}")
             variables[name] = arr.reshape(dims) if rank else arr.reshape(())
             pos += nbytes
+        _read_aliases(data, pos, variables, path)
     except struct.error as err:
         raise ModelLoadError(f"{path}: truncated or corrupt model.bin ({err})") from None
     if version < 5:

@@ -280,6 +280,7 @@ class OfflineModel:
     modules: tuple[str, ...]  # their import names
     materialise: Callable[[], Path]  # the CTranslate2 folder (joined into the cache if need be)
     cached: Callable[[], Path | None]  # that folder when ready without work, else None
+    cache_folder: Callable[[], Path] | None = None  # where it is joined, if it is
 
     def installed(self) -> bool:
         """True when every package is importable (nothing is read or joined)."""
@@ -298,6 +299,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         modules=WHISPER_BASE.modules,
         materialise=lambda: join_split_model(WHISPER_BASE, "Whisper base"),
         cached=lambda: split_model_folder(WHISPER_BASE) if is_joined(WHISPER_BASE) else None,
+        cache_folder=lambda: split_model_folder(WHISPER_BASE),
     ),
     "tiny.en": OfflineModel(
         name="tiny.en",

@@ -97,43 +97,64 @@ def test_trains_then_kv_cache_decoding_equals_full_recompute(whisper, lm, projec
     assert [len(ids) for ids in cached] == [6, 6]
 
 
+def random_head(model: SpeechLLM, eos_bias: float, seed: int = 3) -> SpeechLLM:
+    """Give the LM a random untied output layer with a bias towards <eos>: a tiny random LM with
+    tied embeddings repeats its input token, so beams never compete; with this one they do, and
+    rows and beams end at different steps."""
+    name = "lm_head" if hasattr(model.lm, "lm_head") else "proj_out"
+    old = getattr(model.lm, name)
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g))
+        head.bias.zero_()
+        head.bias[model.eos_id] = eos_bias
+    setattr(model.lm, name, head)
+    return model
+
+
 @pytest.fixture(scope="module")
-def trained_for_beams(whisper):
-    """Speech-LLMs (Llama and Whisper-decoder LM) trained a few steps on three utterances of
-    different lengths and prompts (left padding), so that beams end at different steps."""
+def beam_models(whisper):
+    """Speech-LLMs (Llama and Whisper-decoder LM) whose beams compete, and three utterances of
+    different lengths and prompts (left padding)."""
     models = {}
-    for lm in ("llama", "whisper"):
-        model = speech_llm(whisper, lm, freeze_lm=False)
-        batch = make_batch(model, lengths=(80, 120, 100))
-        train(model, batch, steps=6, lr=5e-3)
-        models[lm] = (model, batch)
+    for lm, bias in (("llama", 13.5), ("whisper", 22.0)):
+        model = random_head(speech_llm(whisper, lm), bias)
+        models[lm] = (model, make_batch(model, lengths=(80, 120, 100)))
     return models
 
 
-@pytest.mark.parametrize("lm, beams", [("llama", 2), ("llama", 3), ("whisper", 3)])
-def test_beam_search_equals_full_recompute_reference(trained_for_beams, lm, beams):
-    model, batch = trained_for_beams[lm]
+@pytest.mark.parametrize("lm, beams", [("llama", 2), ("llama", 3), ("whisper", 2), ("whisper", 3)])
+def test_beam_search_equals_full_recompute_reference(beam_models, lm, beams):
+    model, batch = beam_models[lm]
     out = model.generate(batch, max_new_tokens=10, num_beams=beams)
     assert out == speech_llm_beam(model, batch, 10, beams)  # one by one, no padding or cache
-    assert any(len(ids) < 10 for ids in out), "some beam should end with <eos>"
+    assert len({len(ids) for ids in out}) > 1, "utterances should end at different steps"
     assert out != model.generate(batch, max_new_tokens=10), "beams should change something"
     assert model.transcribe(batch, max_new_tokens=10, num_beams=beams) == [
         model.decode_text(ids) for ids in out
     ]
 
 
-def test_beam_length_penalty_follows_the_shared_rule(trained_for_beams):
-    model, batch = trained_for_beams["llama"]
-    gnmt = copy.copy(model)
-    gnmt.cfg = dataclasses.replace(model.cfg, length_penalty=2.0)
+@pytest.mark.parametrize("lm, length_penalty", [("llama", 0.0), ("whisper", 1.0)])
+def test_beam_length_penalty_follows_the_shared_rule(beam_models, lm, length_penalty):
+    model, batch = beam_models[lm]
+    gnmt = copy.copy(model)  # shares the weights; only the config differs
+    gnmt.cfg = dataclasses.replace(model.cfg, length_penalty=length_penalty)
     out = gnmt.generate(batch, max_new_tokens=10, num_beams=3)
     assert out == speech_llm_beam(gnmt, batch, 10, 3)
+    assert out != model.generate(batch, max_new_tokens=10, num_beams=3), "penalty should matter"
 
 
-def test_decoding_raises_no_deprecation_warning(trained_for_beams):
+def test_generate_needs_a_new_token(beam_models):
+    model, batch = beam_models["llama"]
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        model.generate(batch, max_new_tokens=0)
+
+
+def test_decoding_raises_no_deprecation_warning(beam_models):
     """transformers deprecates `past_key_values` (a FutureWarning on every forward)."""
-    for lm in ("llama", "whisper"):
-        model, batch = trained_for_beams[lm]
+    for model, batch in beam_models.values():
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
             warnings.simplefilter("error", DeprecationWarning)

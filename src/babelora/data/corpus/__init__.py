@@ -1,4 +1,5 @@
-"""The offline multilingual speech corpus: human translations from packages, spoken by espeak-ng.
+"""The offline multilingual speech corpus: human translations from packages, spoken by espeak-ng,
+SVOX Pico and (opt-in) MBROLA voices, with speaker-disjoint test splits.
 
 `build_corpus(preset_config("tiny", langs=("de",)), "out/")` writes manifests, audio and a card.
 """

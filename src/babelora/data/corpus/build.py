@@ -23,16 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from babelora.config import dump_config
+from babelora.data.corpus import speakers
 from babelora.data.corpus.card import corpus_stats, render_card, write_card
 from babelora.data.corpus.codeswitch import CodeSwitchItem, make_items
 from babelora.data.corpus.config import CorpusConfig
-from babelora.data.corpus.espeak import (
-    VoiceSettings,
-    espeak_binary,
-    installed_variants,
-    speech_languages,
-    voices_for,
-)
+from babelora.data.corpus.espeak import VoiceSettings, espeak_binary, speech_languages, voices_for
 from babelora.data.corpus.lock import build_lock
 from babelora.data.corpus.render import (
     RENDERED,
@@ -101,16 +96,11 @@ def resolve_langs(langs: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def speaker(cfg: CorpusConfig, lang: str, key: str) -> VoiceSettings:
-    """The speaker of one clip, drawn from a RNG seeded by (seed, lang, key) alone, so it does not
-    depend on build order, other languages or the number of worker processes."""
-    rng = random.Random(f"{cfg.seed}:speaker:{lang}:{key}")
-    voices = voices_for(lang)
-    voice = rng.choice(voices) if cfg.accents else voices[0]
-    variants = [v for v in cfg.variants if v in installed_variants()] or ["m1"]
-    return VoiceSettings(
-        voice, rng.choice(variants), rng.randint(*cfg.rate), rng.randint(*cfg.pitch)
-    )
+def speaker(cfg: CorpusConfig, lang: str, key: str, split: str = "train") -> VoiceSettings:
+    """The speaker of one clip in `split`, drawn from a RNG seeded by (seed, lang, key) alone, so
+    it does not depend on build order, other languages or the number of worker processes; test
+    clips are spoken by held-out speakers only (`speakers.py`)."""
+    return speakers.draw(cfg, lang, split, key)
 
 
 def _short(*parts: str) -> str:
@@ -128,33 +118,39 @@ class _Plan:
         self.rows: dict[str, list[tuple[dict[str, Any], str]]] = {n: [] for n in names}
         self.speech: dict[str, dict[str, Any]] = {}
 
-    def clip(self, lang: str, text: str) -> str:
-        settings = speaker(self.cfg, lang, text)
+    def clip(self, lang: str, text: str, split: str) -> str:
+        settings = speaker(self.cfg, lang, text, split)
         path = clip_name("speech", lang, {"text": text, **settings.__dict__})
         if path not in self.jobs:
             self.jobs[path] = ClipJob(path, ((lang, text),), settings)
             self.speech[path] = settings.to_dict()
         return path
 
-    def cs_clip(self, item: CodeSwitchItem) -> str:
-        settings = speaker(self.cfg, item.lang, "cs:" + item.text)
+    def cs_clip(self, item: CodeSwitchItem, split: str) -> str:
+        settings = speaker(self.cfg, item.lang, "cs:" + item.text, split)
         langs = sorted({lg for lg, _ in item.spans})
         voices = tuple(
-            (lg, settings.voice if lg == item.lang else self._voice(lg, item)) for lg in langs
+            (lg, settings if lg == item.lang else self._voice(lg, item, split, settings))
+            for lg in langs
         )
-        payload = {"spans": item.spans, "voices": voices, "pause": self.cfg.cs_pause}
+        spoken = [(lg, s.__dict__) for lg, s in voices]
+        payload = {"spans": item.spans, "voices": spoken, "pause": self.cfg.cs_pause}
         path = clip_name("cs", item.lang, {**payload, **settings.__dict__})
         if path not in self.jobs:
             self.jobs[path] = ClipJob(
                 path, item.spans, settings, voices=voices, pause=self.cfg.cs_pause
             )
-            self.speech[path] = {**settings.to_dict(), "voices": dict(voices)}
+            self.speech[path] = {
+                **settings.to_dict(),
+                "voices": {lg: s.voice for lg, s in voices},
+                "speakers": {lg: s.speaker for lg, s in voices},
+            }
         return path
 
-    def _voice(self, lang: str, item: CodeSwitchItem) -> str:
-        rng = random.Random(f"{self.cfg.seed}:accent:{lang}:{item.text}")
-        voices = voices_for(lang)
-        return rng.choice(voices) if self.cfg.accents else voices[0]
+    def _voice(
+        self, lang: str, item: CodeSwitchItem, split: str, matrix: VoiceSettings
+    ) -> VoiceSettings:
+        return speakers.span_settings(self.cfg, lang, split, matrix, item.text)
 
     def add(self, manifest: str, row: dict[str, Any], path: str) -> None:
         self.rows.setdefault(manifest, []).append((row, path))
@@ -162,7 +158,7 @@ class _Plan:
 
 def _pair_rows(plan: _Plan, split: str, lang: str, pairs: list[TextPair]) -> None:
     for p in pairs:
-        x_clip, en_clip = plan.clip(lang, p.text), plan.clip("en", p.en)
+        x_clip, en_clip = plan.clip(lang, p.text, split), plan.clip("en", p.en, split)
         text_src = {"corpus": CORPUS, "pair": p.key, "text": p.source}
         base = {"lang": lang, "text": p.text, "source": text_src}
         plan.add(split, {"id": f"{split}-{lang}-asr-{p.key}", "task": "asr", **base}, x_clip)
@@ -184,13 +180,13 @@ def _english_asr(plan: _Plan, split: str, chosen: dict[str, list[TextPair]], n: 
         p = seen[k]
         row = {"id": f"{split}-en-asr-{_short(p.en)}", "lang": "en", "task": "asr", "text": p.en}
         row["source"] = {"corpus": CORPUS, "pair": p.key, "text": p.source}
-        plan.add(split, row, plan.clip("en", p.en))
+        plan.add(split, row, plan.clip("en", p.en, split))
 
 
 def _cs_rows(plan: _Plan, split: str, lang: str, items: list[CodeSwitchItem]) -> None:
     name = f"{split}_cs"
     for item in items:
-        path = plan.cs_clip(item)
+        path = plan.cs_clip(item, split)
         key = _short(item.text, item.translation)
         src = {"corpus": CORPUS, "text": item.source()}
         base = {"lang": lang, "text": item.text, "source": src}
@@ -229,7 +225,8 @@ def _noise_rows(plan: _Plan, split: str) -> None:
 def plan_corpus(cfg: CorpusConfig) -> _Plan:
     """Every clip job and manifest row of the corpus (no audio made yet)."""
     langs = resolve_langs(cfg.langs)
-    pairs = {lang: text_pairs(lang) for lang in langs}
+    speakers.check(cfg, langs)
+    pairs = {lang: text_pairs(lang, cfg.texts, cfg.weblate, cfg.fillets) for lang in langs}
     by_split = split_pairs(pairs, cfg.seed, cfg.split_fractions)
     plan = _Plan(cfg)
     for split in SPLITS:
@@ -271,7 +268,8 @@ def _utterances(plan: _Plan, infos: dict[str, ClipInfo], out: Path, name: str) -
     for row, path in plan.rows.get(name, []):
         info = infos[path]
         row = dict(row)
-        row["source"] = {**row["source"], "speech": plan.speech[path]}
+        speech = plan.speech[path]
+        row["source"] = {**row["source"], "speaker": speech["speaker"], "speech": speech}
         segments = None
         if info.segments is not None:
             segments = [Segment(s["start"], s["end"], s["lang"]) for s in info.segments]
@@ -357,6 +355,5 @@ def _build(
         counts[RERENDERED],
         seconds,
     )
-    return BuildResult(
-        out, manifests, stats, seconds, counts[RENDERED], counts[REUSED], removed, counts[RERENDERED]
-    )
+    rendered, reused, rerendered = counts[RENDERED], counts[REUSED], counts[RERENDERED]
+    return BuildResult(out, manifests, stats, seconds, rendered, reused, removed, rerendered)

@@ -1,5 +1,6 @@
 """The dataset card written next to the manifests: counts per language, task and split, hours of
-audio, text sources, speech and noise settings, and how the splits were made."""
+audio, text sources, voices and their licences per language and split, speech and noise
+settings, and how the splits were made."""
 
 from __future__ import annotations
 
@@ -44,21 +45,50 @@ def corpus_stats(manifests: Mapping[str, Sequence[Utterance]], cfg: Any) -> dict
             sorted(Counter(f"{u.lang}|{task_label(u)}" for u in utts).items())
         )
         stats["sources"][name] = dict(sorted(Counter(_text_kind(u) for u in utts).items()))
-    variants, voices = Counter(), Counter()
-    for utts in manifests.values():
+    stats["speech"] = speaker_stats(manifests)
+    stats["total_hours"] = round(sum(m["hours"] for m in stats["manifests"].values()), 3)
+    return stats
+
+
+def speaker_stats(manifests: Mapping[str, Sequence[Utterance]]) -> dict[str, Any]:
+    """Clips per engine, per voice, and per (language, speaker) and split (train/dev/test, with
+    their code-switched and noisy manifests). A code-switched clip counts for the speaker of
+    each of its span languages."""
+    engines, voices = Counter(), Counter()
+    speakers: dict[str, dict[str, Counter]] = {}
+    for name, utts in manifests.items():
+        split = name.split("_")[0]
         seen = set()
         for u in utts:
             sp = u.source.get("speech", {}) if isinstance(u.source, dict) else {}
-            if u.audio_filepath not in seen and sp:
-                seen.add(u.audio_filepath)
-                variants[sp.get("variant")] += 1
-                voices[sp.get("voice")] += 1
-    stats["speech"] = {
-        "variants": dict(sorted(variants.items())),
+            if u.audio_filepath in seen or not sp:
+                continue
+            seen.add(u.audio_filepath)
+            engines[sp.get("engine", "espeak")] += 1
+            voices[sp.get("voice")] += 1
+            for lang, who in (sp.get("speakers") or {u.lang: sp.get("speaker")}).items():
+                speakers.setdefault(lang, {}).setdefault(str(who), Counter())[split] += 1
+    return {
+        "engines": dict(sorted(engines.items())),
         "voices": dict(sorted(voices.items())),
+        "speakers": {
+            lang: {who: dict(sorted(c.items())) for who, c in sorted(by.items())}
+            for lang, by in sorted(speakers.items(), key=lambda kv: (kv[0] != "en", kv[0]))
+        },
     }
-    stats["total_hours"] = round(sum(m["hours"] for m in stats["manifests"].values()), 3)
-    return stats
+
+
+def _speaker_table(stats: dict[str, Any]) -> str:
+    from babelora.data.corpus.voices import speaker_licence
+
+    rows = []
+    for lang, by in stats["speech"]["speakers"].items():
+        for who, counts in by.items():
+            splits = [counts.get(s, 0) for s in ("train", "dev", "test")]
+            unseen = "yes" if splits[2] and not splits[0] else ""
+            rows.append([lang, who, speaker_licence(who), unseen, *splits])
+    head = ["lang", "speaker", "licence", "test, unseen in train", "train", "dev", "test"]
+    return _table(head, rows, left=4)
 
 
 def _ordered(names: Sequence[str]) -> list[str]:
@@ -68,10 +98,10 @@ def _ordered(names: Sequence[str]) -> list[str]:
 
 
 _TEMPLATE = """\
-# Dataset card: babelora offline speech corpus (espeak-ng)
+# Dataset card: babelora offline speech corpus
 
 Synthetic multilingual speech for ASR and speech translation, built with no network from
-human-made translations that ship inside Python packages, spoken by espeak-ng.
+human-made translations that ship inside Python and Debian packages, spoken by {engines}.
 
 ## Build
 
@@ -110,24 +140,42 @@ sentence serves ASR en and every ST en->X line with that English text.
   months and days; full dates; units with counts; relative times; lists. Each is rendered from
   the same inputs in both languages (Portuguese uses pt_PT, like Django's and espeak's `pt`).
 - `numbers`: cardinals, ordinals and years spelled out by num2words.
+- `weblate`: Weblate's own catalogs (`weblate/locale/<code>/LC_MESSAGES/django.po`, read from
+  its wheel), with the same filters as Django's.
+- `fillets`: the dialogue scripts of the game Fish Fillets NG (`script/*/dialogs_<lang>.lua`:
+  English original + translation), with the same filters; "..." becomes a spoken pause (…).
+  Only lines of the game's human-speech *train* split (a hash of the English text), so no line
+  of the human-speech test set (`babelora corpus import fillets`) is in this corpus.
 - `codeswitch/<pattern>`: see below.
 
-Every line's `source.text` keeps the catalog file and line, the CLDR field and input, or the
-number; `source.speech` keeps the voice settings. The sentence pairs of each language are drawn
-with these shares of the sources (a source short of text leaves its share to the others):
-{weights}. Lines per source:
+Sources in this build: {texts}. Every line's `source.text` keeps the catalog file and line, the
+CLDR field and input, the number, or the script, line and dialogue id; `source.speaker` is the
+speaker id and `source.speech` the voice settings. Pairs are deduplicated across sources by
+their English and their X text. The sentence pairs of each language are drawn with these shares
+of the sources (a source short of text leaves its share to the others): {weights}. Lines per
+source:
 
 {source_table}
 
 ## Speech
 
-- espeak-ng voices (clips): {voices}
-- speakers, i.e. espeak variants (clips): {variants}
-- rate {rate} words/min and pitch {pitch}, drawn per clip from a generator seeded by (seed,
-  language, text), so a sentence keeps its speaker in builds with other languages or sizes.
+- engines (clips): {engine_counts}; voices (clips): {voices}
+- speaker ids: `espeak:<variant>` (one espeak-ng timbre in every language; the accent, e.g.
+  en-us/en-gb, is drawn per clip), `mbrola:<database>` (one recorded person each),
+  `pico:<language>` (SVOX Pico's one voice per language).
+- each clip draws an engine (uniformly among those with a voice in its split), a voice, a rate
+  ({rate} words/min) and a pitch ({pitch} on espeak's scale; Pico gets them as speed and
+  pitch markup), from a generator seeded by (seed, language, text), so a sentence keeps its
+  speaker in builds with other languages or sizes.
 - noise: {noise}.
   Types: white, pink (1/f), babble (the sum of {talkers} other clips of the same split); SNR
   drawn per clip; type, SNR and babble clips are recorded in `source.speech.noise`.
+
+## Voices and licences per language and split (clips)
+
+{speaker_table}
+
+Speaker-disjoint evaluation: {unseen}
 
 ## Splits
 
@@ -150,10 +198,16 @@ boundaries in the middle of the pauses.
 ## Licenses and limits
 
 Texts: Django (BSD-3-Clause), Unicode CLDR via Babel (Unicode License, BSD-3-Clause), num2words
-(LGPL-2.1). Speech made with espeak-ng (GPL-3.0; the license does not cover its output).
-The speech is formant synthesis: clean, robotic, a dozen speakers. Good for tests, smoke runs
-and relative comparisons; absolute WER/BLEU do not carry over to human speech. The texts are
-short UI strings, names, dates and numbers, not conversational language.
+(LGPL-2.1), Weblate (GPL-3.0-or-later), Fish Fillets NG (GPL-2.0-or-later). Voices: see the
+table above. espeak-ng (GPL-3.0) and SVOX Pico (Apache-2.0) let their output be used for any
+purpose; MBROLA databases (only in builds that ask for them) may be used and copied free of
+charge only with the MBROLA program, and may not be sold or built into a product that is sold
+without their owners' permission (`mbrola-nc`; de4 also excludes military use; en1 follows the
+Edinburgh ROGER terms): their full texts are in `/usr/share/doc/mbrola-<name>/copyright`.
+espeak-ng is formant synthesis (robotic), MBROLA diphone synthesis, Pico the most natural (about
+as well recognised by Whisper as real speech). Good for tests, smoke runs and relative
+comparisons; absolute WER/BLEU do not carry over to human speech: use
+`babelora corpus import fillets` (Dutch and Czech voice acting) for a human-speech test set.
 """
 
 
@@ -200,8 +254,12 @@ def render_card(
         size_table=_table(["manifest", "lines", "clips", "hours", "mean clip (s)"], sizes),
         weights=", ".join(f"{k} {v:g}" for k, v in sorted(cfg.source_weights.items())),
         source_table=_table(["source", *names], sources),
+        engines=", ".join(_engine_names(cfg)),
+        texts=", ".join(getattr(cfg, "texts", ())),
+        engine_counts=_tally(stats["speech"]["engines"]),
         voices=_tally(stats["speech"]["voices"]),
-        variants=_tally(stats["speech"]["variants"]),
+        speaker_table=_speaker_table(stats),
+        unseen=_unseen(cfg),
         rate=f"{cfg.rate[0]}-{cfg.rate[1]}",
         pitch=f"{cfg.pitch[0]}-{cfg.pitch[1]}",
         noise=noise,
@@ -214,6 +272,28 @@ def render_card(
         cs_dev=cfg.cs_dev,
         cs_test=cfg.cs_test,
         pause=cfg.cs_pause,
+    )
+
+
+def _engine_names(cfg: Any) -> list[str]:
+    names = {"espeak": "espeak-ng", "mbrola": "MBROLA (through espeak-ng)", "pico": "SVOX Pico"}
+    engines = sorted({t.partition(":")[0] for t in getattr(cfg, "voices", ("espeak",))})
+    return [names.get(e, e) for e in engines]
+
+
+def _unseen(cfg: Any) -> str:
+    splits = ", ".join(getattr(cfg, "unseen_splits", ()))
+    if not splits or (not cfg.unseen_fraction and not cfg.heldout_voices):
+        return "off: every split draws from all voices."
+    how = (
+        f"the speakers {', '.join(cfg.heldout_voices)}"
+        if cfg.heldout_voices
+        else f"a share {cfg.unseen_fraction:g} of each engine's speakers of a language (at "
+        "least one, never all; chosen by a hash of seed and speaker)"
+    )
+    return (
+        f"{splits} is spoken only by {how}, which no other split uses (`unseen in train` "
+        "above); an engine with one voice for a language (Pico) keeps it in the training splits."
     )
 
 

@@ -28,6 +28,7 @@ from babelora.data.corpus.text_sources import TextPair, cldr_locale, norm
 PATTERNS = ("halves", "embedded", "xy")
 _LIST_FIELDS = ("day_name", "month_name", "territory_name", "language_name", "currency_name")
 _END = (".", "!", "?", "…")
+_SENTENCE_KINDS = ("gettext", "weblate", "fillets")  # sources of whole sentences and phrases
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ def embedded(lang: str, items: Sequence[TextPair], english_at: int) -> CodeSwitc
 
 
 def _sentences(pool: Sequence[TextPair]) -> list[TextPair]:
-    """Catalog pairs of two words or more (whole sentences or phrases), else the whole pool."""
-    multi = [p for p in pool if p.kind == "gettext" and " " in p.en and " " in p.text]
+    """Catalog or dialogue pairs of two words or more (sentences, phrases), else the pool."""
+    multi = [p for p in pool if p.kind in _SENTENCE_KINDS and " " in p.en and " " in p.text]
     return multi or list(pool)
 
 
@@ -113,6 +114,7 @@ def make_items(
             names.setdefault(p.source["field"], []).append(p)
     list_fields = sorted(f for f, v in names.items() if len(v) >= 3)
     ys = sorted(y for y, v in others.items() if v and y != lang)
+    y_sentences: dict[str, list[TextPair]] = {}  # sorted and filtered once per language
     out: list[CodeSwitchItem] = []
     if len(sentences) < 2:
         return out
@@ -128,8 +130,9 @@ def make_items(
             item = embedded(lang, chosen, rng.choice(differ or list(range(len(chosen)))))
         elif pattern == "xy" and ys:
             y = rng.choice(ys)
-            ypool = sorted(others[y], key=lambda p: p.key)
-            item = xy(lang, rng.choice(sentences), rng.choice(_sentences(ypool)))
+            if y not in y_sentences:
+                y_sentences[y] = _sentences(sorted(others[y], key=lambda p: p.key))
+            item = xy(lang, rng.choice(sentences), rng.choice(y_sentences[y]))
         else:
             a, b = rng.sample(sentences, 2)
             item = halves(lang, a, b)

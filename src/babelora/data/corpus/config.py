@@ -4,6 +4,10 @@ Sizes count *sentence pairs per language and split*; each pair gives three manif
 X, ST X->en, ST en->X) over two clips (X speech, English speech). English ASR gets `en_asr` lines
 per split (default: the per-language count). Code-switched items give two lines each (ST to
 English, ASR of the mixed transcript).
+
+Voices (`voices`, see `voices.py`) default to espeak-ng + SVOX Pico, whose licences allow any
+use of the audio; MBROLA is opt-in (`voices=(..., "mbrola")`). The test split is spoken only by
+speakers held out of training (`unseen_fraction`, `unseen_splits`; `speakers.py`).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from babelora.config import build_dataclass
 from babelora.data.corpus.espeak import VARIANTS
 from babelora.data.corpus.noise import NOISE_TYPES
 from babelora.data.corpus.splits import SPLITS
-from babelora.data.corpus.text_sources import SOURCES
-from babelora.errors import ConfigError
+from babelora.data.corpus.text_sources import DEFAULT_SOURCES, SOURCES, source_names
+from babelora.data.corpus.voices import DEFAULT_VOICES, ENGINES, parse_selection
+from babelora.errors import ConfigError, LanguageError
 
 DEFAULT_LANGS = ("de", "fr", "es", "it", "nl", "pt")
 
@@ -36,9 +41,22 @@ class CorpusConfig:
     cs_test: int = 40
     en_asr: int | None = None  # English ASR lines per split; None: same as the language count
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # of sentence groups
+    texts: tuple[str, ...] = DEFAULT_SOURCES  # text sources (text_sources.SOURCES)
     source_weights: dict[str, float] = field(
-        default_factory=lambda: {"gettext": 0.5, "cldr": 0.35, "numbers": 0.15}
-    )  # share of each text source in the sampled pairs
+        default_factory=lambda: {
+            "gettext": 0.5,
+            "cldr": 0.35,
+            "numbers": 0.15,
+            "weblate": 0.5,
+            "fillets": 0.5,
+        }
+    )  # share of each text source in the sampled pairs (sources not in `texts` are ignored)
+    weblate: str | None = None  # Weblate wheel or folder; None: the cache (weblate.py)
+    fillets: str | None = None  # Fish Fillets data folder; None: Debian's (fillets.py)
+    voices: tuple[str, ...] = DEFAULT_VOICES  # engines (espeak, mbrola, pico) or engine:voice
+    unseen_fraction: float = 0.25  # share of each engine's speakers held out of training
+    unseen_splits: tuple[str, ...] = ("test",)  # splits spoken only by held-out speakers
+    heldout_voices: tuple[str, ...] = ()  # held-out speaker ids (espeak:m3, ...); () = drawn
     variants: tuple[str, ...] = VARIANTS  # espeak variants used as speakers
     rate: tuple[int, int] = (140, 190)  # speaking rate range, words per minute
     pitch: tuple[int, int] = (30, 70)  # espeak pitch range (0-99)
@@ -72,6 +90,28 @@ class CorpusConfig:
                 raise ConfigError(
                     f"corpus.noise_splits: unknown split {split!r}; expected {SPLITS}"
                 )
+        try:
+            source_names(self.texts)
+        except LanguageError as err:
+            raise ConfigError(f"corpus.texts: {err}") from None
+        if not self.texts:
+            raise ConfigError(f"corpus.texts is empty; e.g. {','.join(DEFAULT_SOURCES)}")
+        parse_selection(self.voices)
+        if not 0 <= self.unseen_fraction < 1:
+            raise ConfigError(
+                f"corpus.unseen_fraction must be in [0, 1), got {self.unseen_fraction}"
+            )
+        for split in self.unseen_splits:
+            if split not in SPLITS or split == "train":
+                raise ConfigError(
+                    f"corpus.unseen_splits: {split!r} must be dev or test (train is seen)"
+                )
+        for name in self.heldout_voices:
+            if name.partition(":")[0] not in ENGINES or not name.partition(":")[2]:
+                raise ConfigError(
+                    f"corpus.heldout_voices: {name!r} is not a speaker id like espeak:m3, "
+                    "mbrola:de2 or pico:en-GB"
+                )
         if not self.variants or any(v not in VARIANTS for v in self.variants):
             raise ConfigError(f"corpus.variants must be a non-empty subset of {VARIANTS}")
         for name, lo, hi in (("rate", 80, 450), ("pitch", 0, 99)):
@@ -92,17 +132,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"train": 3, "dev": 2, "test": 2, "cs_train": 3, "cs_dev": 1, "cs_test": 3},
     "default": {},
     "large": {
-        "train": 1400,
-        "dev": 180,
-        "test": 180,
-        "cs_train": 300,
-        "cs_dev": 60,
-        "cs_test": 120,
+        "train": 3000,
+        "dev": 300,
+        "test": 400,
+        "cs_train": 600,
+        "cs_dev": 100,
+        "cs_test": 200,
+        "texts": ("gettext", "cldr", "numbers", "weblate", "fillets"),
     },  # fmt: skip
 }
-"""`tiny`: tests (seconds); `default`: a few minutes on 2 cores; `large`: benchmarks, nearly all
-the text a language has (about 1430/195/185 pairs per language fall in train/dev/test with the
-default fractions); a split short of pairs gives what it has, and the card shows the counts."""
+"""`tiny`: tests (seconds); `default`: a few minutes on 2 cores (Django, CLDR and num2words
+text); `large`: benchmarks, all five text sources (Weblate and Fish Fillets too: about 5,000
+pairs a language, 4,000/500/500 in train/dev/test; pt has no Fish Fillets text), so 3,700
+sentences a language are spoken in X and in English plus 900 code-switched clips, by 12 espeak
+speakers and Pico (de, fr, es, it, en) or more with MBROLA. A split short of pairs gives what it
+has, and the card shows the counts. `--jobs N` renders in N processes; a re-run resumes."""
 
 
 def preset_config(size: str = "default", **overrides: Any) -> CorpusConfig:

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from babelora.data.audio import SAMPLE_RATE, resample
+from babelora.data.corpus.debian import package_version
 from babelora.errors import AudioError, DependencyError, LanguageError
 
 INSTALL_HINT = (
@@ -38,12 +39,18 @@ _VOICES = {
 
 @dataclass(frozen=True)
 class VoiceSettings:
-    """How one clip is spoken: espeak voice, variant (speaker), rate (wpm) and pitch (0-99)."""
+    """How one clip is spoken: engine voice, variant (espeak speaker), rate (wpm), pitch (0-99).
+
+    `engine` picks the synthesizer (`babelora.data.corpus.voices`): for `espeak` the voice is a
+    language voice (`de`, `en-gb`) and the variant the speaker (`m3`); for `mbrola` the voice is
+    espeak-ng's MBROLA voice (`mb-de2`); for `pico` a Pico language (`de-DE`); both without a
+    variant. Rate and pitch keep espeak's scales for every engine."""
 
     voice: str
     variant: str = "m1"
     rate: int = 175
     pitch: int = 50
+    engine: str = "espeak"
 
     def __post_init__(self) -> None:
         if not 80 <= self.rate <= 450:
@@ -52,10 +59,21 @@ class VoiceSettings:
             raise ValueError(f"VoiceSettings.pitch must be in 0..99, got {self.pitch}")
 
     def with_voice(self, voice: str) -> VoiceSettings:
-        return VoiceSettings(voice, self.variant, self.rate, self.pitch)
+        return VoiceSettings(voice, self.variant, self.rate, self.pitch, self.engine)
+
+    @property
+    def speaker(self) -> str:
+        """The speaker id: `espeak:<variant>` (one timbre across languages and accents),
+        `mbrola:<database>` or `pico:<language>` (one recorded person each)."""
+        if self.engine == "espeak":
+            return f"espeak:{self.variant}"
+        if self.engine == "mbrola":
+            return f"mbrola:{self.voice.removeprefix('mb-')}"
+        return f"{self.engine}:{self.voice}"
 
     def to_dict(self) -> dict:
-        return {"tts": f"espeak-ng {espeak_version()}", **asdict(self)}
+        """The settings plus the synthesizer and its version, for provenance."""
+        return {"tts": tts_version(self.engine), "speaker": self.speaker, **asdict(self)}
 
 
 def espeak_binary() -> str:
@@ -89,6 +107,19 @@ def espeak_version() -> str:
     out = _run(["--version"]).decode("utf-8", "replace")
     m = re.search(r"(\d+\.\d+(?:\.\d+)?)", out)
     return m.group(1) if m else out.strip()
+
+
+@lru_cache(maxsize=8)
+def tts_version(engine: str) -> str:
+    """The synthesizer behind an engine with its version: `espeak-ng 1.51`, `mbrola 3.3+dfsg-9
+    via espeak-ng 1.51`, `svox-pico 1.0+git20130326-13` (Debian's package versions)."""
+    if engine == "espeak":
+        return f"espeak-ng {espeak_version()}"
+    if engine == "mbrola":
+        return f"mbrola {package_version('mbrola') or '?'} via espeak-ng {espeak_version()}"
+    if engine == "pico":
+        return f"svox-pico {package_version('libttspico-utils') or '?'}"
+    return engine
 
 
 @lru_cache(maxsize=1)
@@ -134,20 +165,25 @@ def check_voice(lang: str) -> str:
 
 def synthesize(text: str, settings: VoiceSettings) -> np.ndarray:
     """Speak `text` with espeak-ng; float32 mono samples at 16 kHz."""
+    args = ["-v", f"{settings.voice}+{settings.variant}", "-s", str(settings.rate)]
+    return speak(text, [*args, "-p", str(settings.pitch)], str(settings))
+
+
+def speak(text: str, voice_args: list[str], label: str) -> np.ndarray:
+    """Run espeak-ng with `voice_args` (voice, rate, pitch) on `text` (UTF-8 on stdin) and return
+    its WAV output as 16 kHz mono float32; `label` names the voice in errors."""
     import soundfile as sf
 
     text = " ".join(text.split())
     if not text:
         raise AudioError("cannot synthesize an empty text")
-    args = ["-v", f"{settings.voice}+{settings.variant}", "-s", str(settings.rate)]
-    args += ["-p", str(settings.pitch), "-b", "1", "--stdin", "--stdout"]
-    raw = _run(args, text)
+    raw = _run([*voice_args, "-b", "1", "--stdin", "--stdout"], text)
     try:
         data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as err:
         raise AudioError(f"espeak-ng returned unreadable audio for {text[:40]!r}: {err}") from None
     if data.shape[0] == 0:
-        raise AudioError(f"espeak-ng returned no audio for {text[:40]!r} ({settings})")
+        raise AudioError(f"espeak-ng returned no audio for {text[:40]!r} ({label})")
     return resample(data[:, 0], sr, SAMPLE_RATE).astype(np.float32)
 
 

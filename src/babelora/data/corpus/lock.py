@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,6 @@ def close_inherited_locks() -> None:
     """In a forked worker: close the copies of the parent's lock files, so the lock's life is
     the parent's alone (closing a copy does not unlock it for the parent)."""
     for fd in list(_HELD):
-        try:
+        with suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
         _HELD.discard(fd)

@@ -8,6 +8,7 @@ Only what the corpus needs: `msgctxt`, `msgid`, `msgid_plural`, `msgstr`/`msgstr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def _unquote(raw: str, where: str) -> str:
 def read_po(path: str | Path) -> list[PoEntry]:
     """Parse a `.po` file into entries (the header entry with an empty msgid is dropped)."""
     path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        return parse_po(f, str(path))
+
+
+def parse_po(lines: Iterable[str], name: str) -> list[PoEntry]:
+    """Parse the lines of a `.po` catalog (e.g. one read from inside a wheel); `name` is the
+    file named in error messages."""
     entries: list[PoEntry] = []
     cur: dict = {}
     key: str | int | None = None
@@ -63,36 +71,35 @@ def read_po(path: str | Path) -> list[PoEntry]:
             )
         cur, key, flags, last_word = {}, None, set(), ""
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, 1):
-            line = text.strip()
-            where = f"{path}:{lineno}"
-            if not line:
+    for lineno, text in enumerate(lines, 1):
+        line = text.strip()
+        where = f"{name}:{lineno}"
+        if not line:
+            flush()
+            continue
+        if line.startswith("#"):
+            if line.startswith("#~"):
+                continue
+            if "msgid" in cur:  # a comment after an entry starts the next one
                 flush()
-                continue
-            if line.startswith("#"):
-                if line.startswith("#~"):
-                    continue
-                if "msgid" in cur:  # a comment after an entry starts the next one
-                    flush()
-                if line.startswith("#,"):
-                    flags |= {f.strip() for f in line[2:].split(",")}
-                continue
-            if line.startswith('"'):
-                if key is None:
-                    raise ManifestError(f"{where}: string continuation outside an entry")
-                cur[key] += _unquote(line, where)
-                continue
-            m = _KEYWORD.match(line)
-            if not m:
-                raise ManifestError(f"{where}: cannot parse {line[:60]!r}")
-            word, index, value = m.group(1), m.group(2), _unquote(m.group(3), where)
-            if word in ("msgctxt", "msgid") and last_word.startswith("msgstr"):
-                flush()  # no blank line between two entries
-            key = int(index) if index is not None else word
-            last_word = word
-            cur[key] = value
-            if word == "msgid":
-                cur["line"] = lineno
+            if line.startswith("#,"):
+                flags |= {f.strip() for f in line[2:].split(",")}
+            continue
+        if line.startswith('"'):
+            if key is None:
+                raise ManifestError(f"{where}: string continuation outside an entry")
+            cur[key] += _unquote(line, where)
+            continue
+        m = _KEYWORD.match(line)
+        if not m:
+            raise ManifestError(f"{where}: cannot parse {line[:60]!r}")
+        word, index, value = m.group(1), m.group(2), _unquote(m.group(3), where)
+        if word in ("msgctxt", "msgid") and last_word.startswith("msgstr"):
+            flush()  # no blank line between two entries
+        key = int(index) if index is not None else word
+        last_word = word
+        cur[key] = value
+        if word == "msgid":
+            cur["line"] = lineno
     flush()
     return entries

@@ -25,9 +25,10 @@ import numpy as np
 
 from babelora.data.audio import SAMPLE_RATE, wav_shortfall
 from babelora.data.corpus.codeswitch import join_spans
-from babelora.data.corpus.espeak import VoiceSettings, synthesize, voices_for
+from babelora.data.corpus.espeak import VoiceSettings
 from babelora.data.corpus.lifeline import worker_init
 from babelora.data.corpus.noise import make_noise, mix_at_snr
+from babelora.data.corpus.voices import synthesize
 from babelora.errors import AudioError
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ class ClipJob:
     spans: tuple[tuple[str, str], ...] = ()
     settings: VoiceSettings | None = None
     noise: NoiseSpec | None = None
-    voices: tuple[tuple[str, str], ...] = ()
-    """(lang, espeak voice) of each span language of a code-switched clip."""
+    voices: tuple[tuple[str, VoiceSettings], ...] = ()
+    """(lang, who says it) of each span language of a code-switched clip."""
     pause: float = 0.12
 
     @property
@@ -170,12 +171,10 @@ def render(job: ClipJob, root: str | Path) -> ClipInfo:
         wave = synthesize(job.spans[0][1], job.settings)
     elif job.settings is not None and job.spans:
         voices = dict(job.voices)
-        waves = []
-        for lang, text in job.spans:
-            voice = voices.get(lang) or voices_for(lang)[0]
-            waves.append(synthesize(text, job.settings.with_voice(voice)))
+        waves = [synthesize(text, voices.get(lang, job.settings)) for lang, text in job.spans]
         wave, segments = join_spans(waves, [lang for lang, _ in job.spans], job.pause)
         meta = {"segments": segments, "spans": job.spans, "settings": asdict(job.settings)}
+        meta["voices"] = {lang: asdict(s) for lang, s in job.voices}
         _atomic_write(
             (root / job.path).with_suffix(".json"),
             lambda p: p.write_text(json.dumps(meta, ensure_ascii=False), "utf-8"),

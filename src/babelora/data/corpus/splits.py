@@ -13,7 +13,7 @@ import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 
-from babelora.data.corpus.text_sources import TextPair, norm
+from babelora.data.corpus.pairs import TextPair, norm
 
 SPLITS = ("train", "dev", "test")
 

@@ -1,68 +1,40 @@
 """Human-made English <-> X sentence pairs from packages that ship offline.
 
-Three sources, each pair keeps its provenance in `TextPair.source`:
+Five sources (the first three by default), each pair keeps its provenance in `TextPair.source`:
 - `gettext`: Django's translation catalogs (English msgid -> translated msgstr). Entries with
   placeholders, markup, URLs, plural forms, abbreviations or the fuzzy flag are dropped.
 - `cldr`: Unicode CLDR data through Babel: language, territory and currency names, month and day
   names, full dates, units with counts, relative times and lists, each composed from the same
   inputs in both languages.
 - `numbers`: cardinals, ordinals and years spelled out by num2words.
+- `weblate`: Weblate's catalogs, read from its wheel (`weblate.py`), with Django's filters.
+- `fillets`: Fish Fillets NG's dialogue scripts, English original + translation (`fillets.py`);
+  only lines outside the human-speech test set of the game's voice packs.
+On the command line `django` and `num2words` name `gettext` and `numbers`. `TextPair`, `norm`
+and the catalog filters live in `pairs.py` (shared with the Weblate and Fish Fillets readers).
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import random
-import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from babelora.data.corpus.po import PoEntry, read_po
+from babelora.data.corpus.fillets import fillets_pairs
+from babelora.data.corpus.pairs import LETTER, TextPair, catalog_reject, norm, tidy
+from babelora.data.corpus.po import read_po
+from babelora.data.corpus.weblate import weblate_pairs
 from babelora.errors import LanguageError
 
-SOURCES = ("gettext", "cldr", "numbers")
-MAX_CHARS = 160
-"""Longest text kept (about 10 s of espeak speech): longer catalog strings are help texts."""
-
+SOURCES = ("gettext", "cldr", "numbers", "weblate", "fillets")
+DEFAULT_SOURCES = ("gettext", "cldr", "numbers")
+SOURCE_ALIASES = {"django": "gettext", "num2words": "numbers"}
 _DJANGO_CODES = {"zh": "zh_Hans", "no": "nb"}
 _CLDR_LOCALES = {"pt": "pt_PT", "zh": "zh_Hans", "no": "nb"}
 _NUM2WORDS_CODES = {"no": "no"}
-_BAD = re.compile(r"[%{}<>&\\|_@#/=\n\t]|https?:|www\.|\.\.\.|\d{3,}")
-_LETTER = re.compile(r"[^\W\d_]")
-_SKIP_CONTEXT = ("abbrev", "one letter", "ordinal")
-
-
-@dataclass(frozen=True)
-class TextPair:
-    """An English sentence and its human translation into `lang`, with provenance."""
-
-    lang: str
-    en: str
-    text: str
-    source: dict[str, Any] = field(compare=False, hash=False)
-
-    @property
-    def kind(self) -> str:
-        return self.source["kind"]
-
-    @property
-    def key(self) -> str:
-        """A short stable id of the pair (hash of language and both texts)."""
-        raw = f"{self.lang}\x00{self.en}\x00{self.text}".encode()
-        return hashlib.sha1(raw).hexdigest()[:10]
-
-
-def norm(text: str) -> str:
-    """Case- and punctuation-insensitive form used for deduplication and split grouping."""
-    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
-
-
-def _tidy(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- gettext (Django) ---------------------------------------------------------------------------
@@ -88,25 +60,6 @@ def django_catalogs(lang: str) -> tuple[Path, ...]:
     return _catalog_index().get(_DJANGO_CODES.get(lang, lang), ())
 
 
-def catalog_reject(entry: PoEntry) -> str | None:
-    """Why a catalog entry is unusable as a spoken sentence pair, or None if it is fine."""
-    if entry.fuzzy:
-        return "fuzzy"
-    if entry.msgid_plural is not None:
-        return "plural"
-    if entry.msgctxt and any(s in entry.msgctxt for s in _SKIP_CONTEXT):
-        return "context"
-    en, text = _tidy(entry.msgid), _tidy(entry.msgstr)
-    if not text:
-        return "untranslated"
-    for s in (en, text):
-        if _BAD.search(s):
-            return "placeholder/markup"
-        if len(_LETTER.findall(s)) < 4 or len(s) > MAX_CHARS:  # < 4: "jan", "Mär", "and"
-            return "length"
-    return None
-
-
 def gettext_pairs(lang: str) -> list[TextPair]:
     """Usable (English, X) pairs from Django's catalogs for `lang`."""
     import django
@@ -122,7 +75,7 @@ def gettext_pairs(lang: str) -> list[TextPair]:
                     "line": entry.line,
                     "package": f"django {django.__version__}",
                 }
-                pairs.append(TextPair(lang, _tidy(entry.msgid), _tidy(entry.msgstr), source))
+                pairs.append(TextPair(lang, tidy(entry.msgid), tidy(entry.msgstr), source))
     return pairs
 
 
@@ -170,10 +123,10 @@ def cldr_pairs(lang: str) -> list[TextPair]:
 
     def add(kind: str, key: Any, render: Callable[[Any], str]) -> None:
         try:
-            en, text = _tidy(render(eng)), _tidy(render(loc))
+            en, text = tidy(render(eng)), tidy(render(loc))
         except (KeyError, ValueError, TypeError, AttributeError):
             return
-        if en and text and len(_LETTER.findall(text)) >= 2:
+        if en and text and len(LETTER.findall(text)) >= 2:
             source = {"kind": "cldr", "field": kind, "input": key, "package": f"babel {ver}"}
             out.append(TextPair(lang, en, text, source))
 
@@ -276,17 +229,43 @@ def number_pairs(lang: str) -> list[TextPair]:
         except (NotImplementedError, OverflowError, TypeError, ValueError, AttributeError):
             continue
         source = {"kind": "numbers", "to": to, "value": value, "package": "num2words"}
-        out.append(TextPair(lang, _tidy(en), _tidy(text), source))
+        out.append(TextPair(lang, tidy(en), tidy(text), source))
     return out
 
 
 # --- all sources ---------------------------------------------------------------------------------
 
-_BUILDERS: dict[str, Callable[[str], list[TextPair]]] = {
-    "gettext": gettext_pairs,
-    "cldr": cldr_pairs,
-    "numbers": number_pairs,
+
+def _weblate(lang: str, options: tuple) -> list[TextPair]:
+    return weblate_pairs(lang, dict(options).get("weblate"))
+
+
+def _fillets(lang: str, options: tuple) -> list[TextPair]:
+    return fillets_pairs(lang, dict(options).get("fillets"))
+
+
+_BUILDERS: dict[str, Callable[[str, tuple], list[TextPair]]] = {
+    "gettext": lambda lang, _: gettext_pairs(lang),
+    "cldr": lambda lang, _: cldr_pairs(lang),
+    "numbers": lambda lang, _: number_pairs(lang),
+    "weblate": _weblate,
+    "fillets": _fillets,
 }
+
+
+def source_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Source kinds from names (`django` and `num2words` accepted); LanguageError if unknown."""
+    out: list[str] = []
+    for name in names:
+        kind = SOURCE_ALIASES.get(name, name)
+        if kind not in _BUILDERS:
+            raise LanguageError(
+                f"unknown text source {name!r}; expected one of {SOURCES} "
+                f"(or {', '.join(SOURCE_ALIASES)})"
+            )
+        if kind not in out:
+            out.append(kind)
+    return tuple(out)
 
 
 def dedupe(pairs: Iterable[TextPair]) -> list[TextPair]:
@@ -306,20 +285,25 @@ def dedupe(pairs: Iterable[TextPair]) -> list[TextPair]:
 
 
 @lru_cache(maxsize=64)
-def _cached_pairs(lang: str, sources: tuple[str, ...]) -> tuple[TextPair, ...]:
+def _cached_pairs(lang: str, sources: tuple[str, ...], options: tuple) -> tuple[TextPair, ...]:
     pairs: list[TextPair] = []
     for name in sources:
-        pairs.extend(_BUILDERS[name](lang))
+        pairs.extend(_BUILDERS[name](lang, options))
     return tuple(dedupe(pairs))
 
 
-def text_pairs(lang: str, sources: Iterable[str] = SOURCES) -> list[TextPair]:
-    """Deduplicated (English, X) pairs for `lang` from `sources`; LanguageError if there is no
-    catalog text for it (the catalogs carry the sentences; CLDR and numbers only add phrases)."""
-    sources = tuple(sources)
-    for name in sources:
-        if name not in _BUILDERS:
-            raise LanguageError(f"unknown text source {name!r}; expected one of {SOURCES}")
+def text_pairs(
+    lang: str,
+    sources: Iterable[str] = DEFAULT_SOURCES,
+    weblate: str | None = None,
+    fillets: str | None = None,
+) -> list[TextPair]:
+    """Deduplicated (English, X) pairs for `lang` from `sources` (in that order: the first
+    source with a text keeps it). `weblate`/`fillets`: where those sources are (default: the
+    cache / Debian's folder). LanguageError if Django has no catalog for `lang` while `gettext`
+    is asked for (the catalogs carry the sentences; CLDR and numbers only add phrases), or if no
+    source has any text for it; DependencyError when a source's data is not installed."""
+    sources = source_names(sources)
     if lang == "en":
         raise LanguageError("English is the pivot side of every pair; ask for another language")
     if "gettext" in sources and not django_catalogs(lang):
@@ -327,7 +311,11 @@ def text_pairs(lang: str, sources: Iterable[str] = SOURCES) -> list[TextPair]:
             f"no translated text for language {lang!r} in Django's catalogs; languages with text: "
             + ", ".join(text_languages())
         )
-    return list(_cached_pairs(lang, sources))
+    options = (("fillets", fillets), ("weblate", weblate))
+    pairs = list(_cached_pairs(lang, sources, options))
+    if not pairs:
+        raise LanguageError(f"no text for language {lang!r} in the sources {', '.join(sources)}")
+    return pairs
 
 
 @lru_cache(maxsize=1)

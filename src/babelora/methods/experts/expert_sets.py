@@ -23,7 +23,7 @@ from babelora.adapters.peft_io import SET_CONFIG, SET_WEIGHTS
 from babelora.config import build_dataclass
 from babelora.errors import ConfigError, LanguageError, ModelLoadError
 from babelora.languages import check_lang
-from babelora.models.base_check import check_base, write_base_signature
+from babelora.models.base_check import check_base, hub_name, write_base_signature
 from babelora.train.config import ModelConfig, TrainConfig
 
 log = logging.getLogger("babelora.train")
@@ -82,9 +82,12 @@ def export_expert_set(
     """Write the set (all experts + routers), its base signature and one PEFT folder per language.
 
     `base` names the base model in the signature; `peft_base` is PEFT's
-    `base_model_name_or_path` (a loadable id or folder, or None).
+    `base_model_name_or_path` (a loadable id or folder; None: the hub id of an offline model
+    `base`, or nothing for a random one). `--adapter`, `--experts` and merges check the
+    signature against the base they are put on.
     """
     folder = Path(folder)
+    peft_base = hub_name(peft_base or base)
     save_adapter_set(adapter, folder)
     write_base_signature(folder, adapter.model, base)
     cfg = adapter.config

@@ -88,15 +88,26 @@ def lora_target_regex(target_modules: list[str], parts: list[str]) -> str:
     return rf".*model\.({where})\.layers\.\d+\.(?:\w+\.)?({names})"
 
 
-def _export_peft(model: nn.Module, out_dir: Path) -> None:
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+def _export_peft(signature: dict[str, Any]) -> ExportFn:
+    """PEFT's save_pretrained, plus the base signature (taken before training) beside it, so
+    that decoding and merging can check the base (models.base_check)."""
+    from babelora.models.base_check import save_signature
+
+    def export(model: nn.Module, out_dir: Path) -> None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        save_signature(out_dir, signature)
+
+    return export
 
 
 def build_lora(cfg: TrainConfig, params: LoraParams) -> Recipe:
     """One PEFT LoRA adapter on Whisper."""
     from peft import LoraConfig, get_peft_model
 
+    from babelora.models.base_check import base_signature
+
     handle = load_backbone(cfg.model)
+    signature = base_signature(handle.model, handle.name)
     lora_cfg = LoraConfig(
         r=params.rank,
         lora_alpha=params.alpha,
@@ -114,6 +125,6 @@ def build_lora(cfg: TrainConfig, params: LoraParams) -> Recipe:
         prompt_style=handle.prompt_style,
         n_mels=handle.n_mels,
         loss_fn=seq2seq_loss,
-        export=_export_peft,
+        export=_export_peft(signature),
         max_target_tokens=int(handle.model.config.max_target_positions),
     )

@@ -13,7 +13,7 @@ tokens. The projector's auxiliary losses come back unweighted in `aux_losses`;
 `total_loss` weights them with `losses` (projector_losses.ProjectorLossConfig).
 
 The LM is any transformers causal LM (`lm`: a hub id or folder), or the decoder of the
-encoder's Whisper (`whisper-decoder`, the offline default with tiny.en). `SpeechLLM.lm` is a
+encoder's Whisper (`whisper-decoder`; the shipped configs use tiny.en's). `SpeechLLM.lm` is a
 plain attribute so LoRA / MoLoRA can be injected into it by name patterns.
 
 Shapes: B batch, F mel frames, T encoder frames, T' projector frames, S sequence, V vocabulary.
@@ -400,7 +400,7 @@ class SpeechLLM(nn.Module):
             n = min(n, self.max_positions - int(attn.sum(1).max()))
         options = DecodeOptions(
             beam_size=num_beams if num_beams is not None else self.cfg.num_beams,
-            max_new_tokens=max(1, n),
+            max_new_tokens=n,
             length_penalty=self.cfg.length_penalty,
             repetition_guard=0,
             suppress_blank=False,
@@ -466,6 +466,7 @@ class PrefixStepDecoder:
         return logits
 
     def select(self, rows: Tensor, same_source: bool = False) -> None:
+        """Keep/reorder rows (`same_source` changes nothing: there is no cross-attention)."""
         if self.prefix is not None:
             self.pending = rows if self.pending is None else self.pending.index_select(0, rows)
             return
