@@ -57,7 +57,8 @@ class SpeechLLMConfig:
     """A speech-LLM: which encoder and LM, the projector, what trains, decoding defaults."""
 
     encoder: str | None = None  # offline name (base, tiny.en) / folder / HF id; None = base
-    lm: str = WHISPER_LM  # causal LM id/folder, or 'whisper-decoder' (the encoder's Whisper)
+    lm: str = WHISPER_LM  # 'gemma3-270m' (offline, PyPI GGUF), a causal LM id/folder, or
+    # 'whisper-decoder' (the encoder's Whisper decoder without cross-attention)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     losses: ProjectorLossConfig = field(default_factory=ProjectorLossConfig)
     freeze_encoder: bool = True
@@ -494,9 +495,12 @@ def build_speech_llm(
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from babelora.models.llm import resolve_llm
+
+        path = resolve_llm(cfg.lm)  # offline names (gemma3-270m) -> their converted folder
         try:
-            lm = AutoModelForCausalLM.from_pretrained(cfg.lm, dtype=dtype, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(cfg.lm)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as err:
             raise ModelLoadError(f"cannot load LM {cfg.lm!r}: {str(err).splitlines()[0]}") from None
     model = SpeechLLM(encoder, lm, tokenizer, cfg, whisper_style=handle.prompt_style)
