@@ -13,15 +13,6 @@ from reference.expert_sets import make_expert_set, tiny_batch
 from babelora.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny model folder (seed 0), another base (seed 1), an expert set and a de/fr corpus."""
