@@ -2,7 +2,7 @@
 # The babelora demo on the small offline Whisper tiny.en (named: the default, base, is slower),
 # offline, CPU, a few minutes:
 #   1. corpus: human translations from packages, spoken by espeak-ng (German, French, English)
-#   2. zero-shot evaluation of the offline Whisper tiny.en
+#   2. zero-shot evaluation of the offline Whisper tiny.en, and of the multilingual default, base
 #   3. LoRA language experts (one per language, one training run, mixed-language batches)
 #   4. language-aware evaluation (each utterance routed to its own expert, batched)
 #   5. LoRS-Merging of the per-language adapters into one adapter, and its evaluation
@@ -23,6 +23,10 @@ echo "== 2. zero-shot Whisper tiny.en (ASR and ST X->en in $LANGS)"
 babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$OUT/eval_zero_shot" \
   --model tiny.en --no-progress || true   # non-zero only when items failed; the report is still written
 
+echo "== 2b. zero-shot multilingual Whisper base, the offline default (same test set)"
+babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$OUT/eval_zero_shot_base" \
+  --model base --no-progress || true
+
 echo "== 3. LoRA language experts: $STEPS steps"
 babelora train configs/experts/experts_tiny.yaml "output_dir=$OUT/experts" \
   "data.train=[$OUT/corpus/train.jsonl]" "data.dev=[$OUT/corpus/dev.jsonl]" \
@@ -39,4 +43,4 @@ babelora merge configs/merge/lors_lora.yaml "inputs=[$INPUTS]" "output.path=$OUT
 babelora evaluate --manifest "$OUT/corpus/test.jsonl" --langs "$LANGS" --out "$OUT/eval_merged" \
   --model tiny.en --adapter "$OUT/merged" --min-input-seconds 0 --prompt-style multilingual --no-progress || true
 
-echo "== done: reports in $OUT/eval_zero_shot, $OUT/eval_experts, $OUT/eval_merged (report.md)"
+echo "== done: reports in $OUT/eval_zero_shot, $OUT/eval_zero_shot_base, $OUT/eval_experts, $OUT/eval_merged (report.md)"
