@@ -148,7 +148,7 @@ def _init_experts(adapter: AdapterHandle, paths: dict[str, str]) -> None:
 
 
 def _init_from_set(adapter: AdapterHandle, folder: str, base: str) -> None:
-    from babelora.methods.experts.expert_sets import load_set_experts
+    from babelora.models.expert_sets import load_set_experts
 
     cfg = adapter.config
     if cfg.router not in ("language", "hybrid") or cfg.experts_per_lang != 1:
