@@ -128,3 +128,34 @@ def test_bad_manifest_and_missing_files(run, files, tmp_path, capsys):
     manifest.write_text("\n")
     assert run(["score", "--manifest", str(manifest), "--hyps", str(hyps)]) == 2
     assert "no utterances to score" in capsys.readouterr().err
+
+
+def test_score_with_baseline_prints_paired_differences(run, files, tmp_path, capsys):
+    import gzip
+
+    manifest, hyps = files
+    baseline = tmp_path / "a.jsonl.gz"  # compressed, as bench/results keeps hypotheses
+    rows = [
+        {"id": "a", "hypothesis": "the weather is lovely"},
+        {"id": "b", "hypothesis": "Das Wetter ist schön"},
+        {"id": "c", "hypothesis": "The weather."},
+    ]
+    with gzip.open(baseline, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    out = tmp_path / "diff.json"
+    args = ["score", "--manifest", str(manifest), "--hyps", str(hyps), "--no-langid"]
+    code = run([*args, "--baseline", str(baseline), "--compare-out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| row | n | metric | baseline | system | system - baseline [95 % CI] |" in printed
+    diff = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert diff["en"]["a"] == pytest.approx(20.0) and diff["en"]["b"] == 0.0
+    assert diff["en"]["delta"]["estimate"] == pytest.approx(-20.0)
+    assert diff["de-en"]["metric"] == "bleu" and diff["de-en"]["delta"]["estimate"] > 0
+    assert diff["asr"]["a"] == pytest.approx((20.0 + 20.0) / 2)  # macro over en and de
+    assert run([*args, "--compare-out", str(out)]) == 2
+    assert "--compare-out needs --baseline" in capsys.readouterr().err
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps(rows[0]) + "\n")
+    assert run([*args, "--baseline", str(short)]) == 2
+    assert "system A: 2 of 3 utterances have no hypothesis" in capsys.readouterr().err

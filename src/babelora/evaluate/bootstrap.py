@@ -16,6 +16,7 @@ resamples, seed 0): all three are options, recorded in the result.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,7 @@ def wer_from_stats(summed: np.ndarray) -> float:
     return 100.0 * float(summed[0]) / max(float(summed[1]), 1.0)
 
 
+@functools.cache
 def _bleu_metric(lang: str | None):
     from sacrebleu.metrics import BLEU
 

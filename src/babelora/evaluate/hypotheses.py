@@ -12,6 +12,7 @@ and counted as failed.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,14 @@ def parse_hypothesis(row: Any, where: str) -> Hypothesis:
 
 
 def read_hypotheses(path: str | Path) -> dict[str, Hypothesis]:
-    """Read a hypotheses JSONL into {id: Hypothesis}; ManifestError names file, line and field."""
+    """Read a hypotheses JSONL (or .jsonl.gz) into {id: Hypothesis}; ManifestError names file,
+    line and field."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: hypotheses file not found")
     out: dict[str, Hypothesis] = {}
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
