@@ -65,3 +65,40 @@ def reset_accelerate() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def first_per_group(items: Iterable[Any], n: int | None, key: Any = None) -> list:
+    """The first `n` items of each (language, task) group, in input order (docs/benchmarks.md:
+    the `--budget cpu` test sample; the corpus build already shuffled with its seed). `key`
+    maps an item to its group (default: `.lang` and `.task` of an Utterance, or the dict
+    keys); `n=None` keeps everything."""
+    items = list(items)
+    if n is None:
+        return items
+
+    def default(item: Any) -> tuple:
+        if isinstance(item, dict):
+            return item.get("lang"), item.get("task", "asr")
+        return item.lang, item.task
+
+    key = key or default
+    seen: dict[Any, int] = {}
+    out = []
+    for item in items:
+        group = key(item)
+        if seen.get(group, 0) < n:
+            seen[group] = seen.get(group, 0) + 1
+            out.append(item)
+    return out
+
+
+def write_hypotheses(path: Path, rows: Iterable[dict]) -> Path:
+    """Per-utterance hypotheses as gzip-compressed JSON lines (bench/results/<table>/...), which
+    `babelora score --hyps ... --baseline ...` reads back to re-derive a table's cells."""
+    import gzip
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return path
