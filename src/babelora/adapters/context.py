@@ -176,6 +176,11 @@ class RoutingContext:
                 "utterance",
             )
 
+    def map_rows(self, fn: Callable[[Tensor], Tensor]) -> None:
+        """Replace every per-row tensor t (languages, posteriors, masks, cached decisions) by
+        fn(t), always in the same order; static decoding moves them into fixed buffers."""
+        self._map_rows(fn)
+
     def _map_rows(self, fn: Callable[[Tensor], Tensor]) -> None:
         if self.lang_ids is not None:
             self.lang_ids = fn(self.lang_ids)

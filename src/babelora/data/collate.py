@@ -30,8 +30,8 @@ import torch
 
 from babelora.data.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, log_mel
 from babelora.data.manifest import Utterance
-from babelora.errors import AudioError, LanguageError, ManifestError
 from babelora.data.prompts import EOT, token_id, whisper_prompt_ids
+from babelora.errors import AudioError, LanguageError, ManifestError
 
 IGNORE_INDEX = -100
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
@@ -225,10 +225,19 @@ class WhisperCollator:
             input_features[b, :, : f.shape[-1]] = f
             input_features[b, :, f.shape[-1] :] = f.max() - 2.0  # Whisper's value for silence
 
+        return {
+            "input_features": input_features,
+            "feature_lens": torch.tensor(lens, dtype=torch.long),
+            **self.targets(utts),
+        }
+
+    def targets(self, utts: list[Utterance]) -> dict[str, Any]:
+        """The decoder side of a batch: decoder_input_ids, labels, lang_ids, langs, tasks, ids
+        (shared with collators of other encoder inputs, e.g. cached encoder states)."""
         seqs = [self.token_sequence(u) for u in utts]
         length = max(len(s) for s, _ in seqs) - 1
-        decoder_input_ids = torch.full((len(items), length), self.eot_id, dtype=torch.long)
-        labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
+        decoder_input_ids = torch.full((len(utts), length), self.eot_id, dtype=torch.long)
+        labels = torch.full((len(utts), length), IGNORE_INDEX, dtype=torch.long)
         for b, (seq, n_prompt) in enumerate(seqs):
             seq_t = torch.tensor(seq, dtype=torch.long)
             decoder_input_ids[b, : len(seq) - 1] = seq_t[:-1]
@@ -243,8 +252,6 @@ class WhisperCollator:
                 )
             lang_ids.append(self.lang_index[u.lang])
         return {
-            "input_features": input_features,
-            "feature_lens": torch.tensor(lens, dtype=torch.long),
             "decoder_input_ids": decoder_input_ids,
             "labels": labels,
             "lang_ids": torch.tensor(lang_ids, dtype=torch.long),

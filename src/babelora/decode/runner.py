@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from babelora.data.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel
 from babelora.data.prompts import whisper_prompt_ids
+from babelora.decode.memory import split_on_oom
 from babelora.decode.search import DecodeOptions, RowHook, generate
 from babelora.errors import AudioError, BabeloraError
 
@@ -204,8 +205,8 @@ def decode_requests(
     texts: dict[tuple[int, int], list[int]] = {}
     total = sum(len(p.wave) for p in pieces) / SAMPLE_RATE
     bar = tqdm(total=round(total), unit="audio s", disable=not options.show_progress, leave=False)
-    for batch in _batches(pieces, options):
-        start = time.perf_counter()
+
+    def run(batch: Sequence[_Piece]) -> list:
         feats = features_for([p.wave for p in batch], handle.n_mels, options).to(device)
         feats = feats.to(next(model.parameters()).dtype)
         batch_reqs = [requests[p.req] for p in batch]
@@ -215,9 +216,13 @@ def decode_requests(
         hooks = before_batch(batch_reqs, lens, feats.shape[-1]) if before_batch else ()
         with torch.no_grad():
             enc = model.get_encoder()(feats).last_hidden_state
-            hyps = generate(
+            return generate(
                 model, enc, [p.prompt for p in batch], handle.eot_id, decode_options, hooks
             )
+
+    for batch in _batches(pieces, options):
+        start = time.perf_counter()
+        hyps = split_on_oom(run, batch)  # out of memory: halves, once
         spent = time.perf_counter() - start
         batch_audio = sum(len(p.wave) for p in batch)
         for piece, hyp in zip(batch, hyps):

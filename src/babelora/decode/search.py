@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 RowHook = Callable[[Tensor], None]
+LogitFilter = Callable[[Tensor, Sequence[Sequence[int]]], Tensor]
+"""logit_filter(logprobs (rows, V), tokens emitted so far per row) -> logprobs, -inf = banned."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,17 @@ class DecodeOptions:
     no_repeat_ngram_size: int = 0  # forbid any repeated n-gram of this size (0 off)
     suppress_blank: bool = True  # no space or EOT as first token (Whisper's SuppressBlank)
     suppress_special: bool = True  # never emit special tokens (language, task, timestamps)
+    kv_cache: str = "dynamic"  # or "static": preallocated cache, graph-ready (static_cache.py)
+    graphs: str = "auto"  # static cache: off | auto (CUDA graphs on a GPU) | cuda | compile
+    sync_every: int = 8  # static greedy: steps between host checks for finished rows
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.kv_cache not in ("dynamic", "static"):
+            raise ValueError(f"kv_cache must be 'dynamic' or 'static', got {self.kv_cache!r}")
+        if self.sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {self.sync_every}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
@@ -205,7 +214,9 @@ class DecodingTask:
 
     `max_new` caps the new tokens below `options.max_new_tokens` (e.g. by the position table;
     None: the option); `suppress` is a (V,) bool mask of tokens never emitted (None: none);
-    `blank` are the tokens banned as the first token when `options.suppress_blank`.
+    `blank` are the tokens banned as the first token when `options.suppress_blank`;
+    `logit_filters` run after the built-in filters at every step, in order (e.g. Whisper's
+    timestamp rules, babelora.decode.timestamps).
     """
 
     decoder: StepDecoder
@@ -216,6 +227,7 @@ class DecodingTask:
     max_new: int | None = None
     suppress: Tensor | None = None
     blank: Sequence[int] = ()
+    logit_filters: Sequence[LogitFilter] = ()
 
     def __post_init__(self) -> None:
         if len({len(p) for p in self.prompts}) > 1:
@@ -242,6 +254,8 @@ class DecodingTask:
                 banned = _banned_ngram_tokens(seq, size)
                 if banned:
                     logprobs[row, banned] = float("-inf")
+        for logit_filter in self.logit_filters:
+            logprobs = logit_filter(logprobs, seqs)
         return logprobs
 
     def _select(self, rows: Tensor, same_source: bool = False) -> None:
@@ -383,14 +397,28 @@ def generate(
         raise ValueError(f"{encoder_states.shape[0]} audio rows but {len(prompts)} prompts")
     vocab = model.proj_out.out_features
     limit = model.config.max_target_positions - len(prompts[0])
+    max_new = max(1, min(options.max_new_tokens, limit))
+    if options.kv_cache == "static":
+        from babelora.decode.static_cache import StaticWhisperDecoder
+
+        decoder = StaticWhisperDecoder(
+            model, encoder_states, len(prompts[0]) + max_new, graphs=options.graphs
+        )
+    else:
+        decoder = WhisperStepDecoder(model, encoder_states)
     task = DecodingTask(
-        decoder=WhisperStepDecoder(model, encoder_states),
+        decoder=decoder,
         prompts=prompts,
         eot=eot_id,
         options=options,
         row_hooks=row_hooks,
-        max_new=max(1, min(options.max_new_tokens, limit)),
+        max_new=max_new,
         suppress=_suppress_mask(model, vocab, eot_id, encoder_states.device),
         blank=[*blank_ids, eot_id],
     )
+    if options.kv_cache == "static":
+        from babelora.decode.fast_greedy import greedy_on_device, on_device
+
+        if on_device(task):
+            return [Hypothesis(*row) for row in greedy_on_device(task, options.sync_every)]
     return task.run()

@@ -46,8 +46,9 @@ class DataConfig:
     max_duration: float = 30.0  # longer utterances are dropped (Whisper's window is 30 s)
     pad_to_30s: bool = False  # pad features to 3000 frames (the original Whisper front end)
     min_input_seconds: float = 0.0  # pad batches to at least this long (see decode's setting)
-    num_workers: int = 0  # DataLoader worker processes
-    feature_cache: str | None = None  # folder caching log-mel features (safetensors)
+    num_workers: int = 0  # DataLoader worker processes (audio decoding, log-mel, collation)
+    feature_cache: str | None = None  # log-mel cache (train/feature_cache.py): a folder, `auto`
+    # (<cache_dir>/features), or null = off; unused when the encoder states are cached
     spec_augment: SpecAugment = field(default_factory=SpecAugment)
     text_leading_space: bool = True  # " text" as Whisper's own outputs begin
     dev_max_items: int | None = None  # evaluate on N dev utterances, round-robin over languages
@@ -154,6 +155,10 @@ class TrainConfig:
     progress_bar: bool = True  # tqdm bar on rank 0
     resume: bool = False  # continue from the newest checkpoint in output_dir
     stop_after_steps: int | None = None  # save and stop at this step (schedule still max_steps)
+    encoder_cache: Literal["auto", "on", "off"] = "auto"  # train the decoder on cached encoder
+    # states when no encoder parameter trains (train/encoder_cache.py); on = error if impossible
+    encoder_cache_dtype: Literal["float16", "float32"] = "float16"  # stored encoder states
+    cache_dir: str | None = None  # encoder/feature caches; null = babelora's cache folder/train
 
     def __post_init__(self) -> None:
         if (self.max_steps is None) == (self.epochs is None):

@@ -16,7 +16,10 @@ from babelora.data.manifest import Utterance, read_manifest
 from babelora.data.sampling import DurationBatchSampler
 from babelora.errors import BabeloraError, ConfigError
 from babelora.languages import check_lang
+from babelora.train.caches import Caches
 from babelora.train.config import TrainConfig
+from babelora.train.encoder_cache import EncoderStateCollator, EncoderStateDataset
+from babelora.train.feature_cache import CachedSpeechDataset
 
 log = logging.getLogger("babelora.train")
 
@@ -30,7 +33,7 @@ class RunData:
     dev_utts: list[Utterance]
     train_loader: torch.utils.data.DataLoader
     train_sampler: DurationBatchSampler
-    train_collator: WhisperCollator
+    train_collator: WhisperCollator | EncoderStateCollator
     dev_loader: torch.utils.data.DataLoader | None
 
 
@@ -112,14 +115,34 @@ def _loader(dataset, sampler, collator, num_workers: int) -> torch.utils.data.Da
         batch_sampler=sampler,
         collate_fn=collator,
         num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),  # pinned host memory: non_blocking copies overlap
+        prefetch_factor=2 if num_workers else None,
         # a private generator: creating an iterator must not consume the global RNG, or a
         # resumed run (new iterator mid-epoch) would draw different dropout masks
         generator=torch.Generator().manual_seed(0),
     )
 
 
-def build_run_data(cfg: TrainConfig, recipe: Any, num_replicas: int, rank: int) -> RunData:
-    """Read, filter and batch the train and dev manifests for this rank."""
+def _dataset(utts: list[Utterance], recipe: Any, caches: Caches, collator: WhisperCollator):
+    """(dataset, collator) of the run's input kind."""
+    if caches.encoder is not None:
+        data = EncoderStateDataset(utts, caches.digests_of(utts), caches.encoder)
+        return data, EncoderStateCollator(collator)
+    if caches.features is not None:
+        return CachedSpeechDataset(utts, caches.digests_of(utts), caches.features), collator
+    return SpeechDataset(utts, recipe.n_mels), collator
+
+
+def build_run_data(
+    cfg: TrainConfig,
+    recipe: Any,
+    num_replicas: int,
+    rank: int,
+    caches: Caches | None = None,
+) -> RunData:
+    """Read, filter and batch the train and dev manifests for this rank (items from `caches`:
+    the encoder-state entries must be filled before the loaders are iterated)."""
+    caches = caches or Caches()
     raw = read_manifests(cfg.data.train, cfg.data.data_root)
     languages = [check_lang(x) for x in cfg.data.languages]
     languages = languages or sorted({u.lang for u in raw if u.task in cfg.data.tasks})
@@ -141,8 +164,8 @@ def build_run_data(cfg: TrainConfig, recipe: Any, num_replicas: int, rank: int) 
         rank=rank,
         pad_to_global=True,
     )
-    dataset = SpeechDataset(train_utts, recipe.n_mels, cfg.data.feature_cache)
-    train_loader = _loader(dataset, sampler, collator, cfg.data.num_workers)
+    dataset, batcher = _dataset(train_utts, recipe, caches, collator)
+    train_loader = _loader(dataset, sampler, batcher, cfg.data.num_workers)
 
     dev_utts: list[Utterance] = []
     dev_loader = None
@@ -164,10 +187,10 @@ def build_run_data(cfg: TrainConfig, recipe: Any, num_replicas: int, rank: int) 
                 rank=rank,
                 pad_to_global=True,
             )
-            dev_set = SpeechDataset(dev_utts, recipe.n_mels, cfg.data.feature_cache)
-            dev_loader = _loader(dev_set, dev_sampler, dev_collator, cfg.data.num_workers)
+            dev_set, dev_batcher = _dataset(dev_utts, recipe, caches, dev_collator)
+            dev_loader = _loader(dev_set, dev_sampler, dev_batcher, cfg.data.num_workers)
         else:
             log.warning(
                 "dev: %d usable utterances, fewer than processes; no dev loss", len(dev_utts)
             )
-    return RunData(languages, train_utts, dev_utts, train_loader, sampler, collator, dev_loader)
+    return RunData(languages, train_utts, dev_utts, train_loader, sampler, batcher, dev_loader)

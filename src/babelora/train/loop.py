@@ -31,8 +31,10 @@ from babelora.config import dump_config, to_dict
 from babelora.data.collate import FRAMES_PER_SECOND, IGNORE_INDEX
 from babelora.errors import ConfigError, ModelLoadError
 from babelora.train import checkpoint as ckpt
+from babelora.train.caches import fill_encoder_cache, plan_caches
 from babelora.train.config import TrainConfig
 from babelora.train.data import RunData, build_run_data
+from babelora.train.encoder_cache import trained_parts, trains_label
 from babelora.train.evaluation import EvaluateFn, build_eval_hook, dev_loss_sums
 from babelora.train.logging import MetricLogger
 from babelora.train.optim import build_optimizer, build_scheduler
@@ -55,6 +57,8 @@ class RunResult:
     best_checkpoint: Path | None = None
     final_dir: Path | None = None  # the recipe's export of the final model
     languages: list[str] = field(default_factory=list)
+    trains: str = ""  # decoder, encoder+decoder, ... (trained_parts of the recipe's model)
+    encoder_cache: bool = False  # the decoder trained on cached encoder states
 
 
 @dataclass
@@ -144,8 +148,12 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         set_seed(cfg.seed)
         self.recipe: Recipe = build(cfg)
+        self.parts = trained_parts(self.recipe.model)
+        self.caches = plan_caches(
+            cfg, self.recipe, accelerator.device, str(accelerator.mixed_precision)
+        )
         self.data = build_run_data(
-            cfg, self.recipe, accelerator.num_processes, accelerator.process_index
+            cfg, self.recipe, accelerator.num_processes, accelerator.process_index, self.caches
         )
         languages = list(self.data.languages)  # resolved: saved with the run
         self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, languages=languages))
@@ -156,8 +164,42 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, self.cfg.optim, self.total_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        fill_encoder_cache(
+            self.caches,
+            self.data.train_utts + self.data.dev_utts,
+            self.unwrapped,
+            self.recipe.n_mels,
+            accelerator,
+        )
         self.aux_weights = {**self.recipe.aux_loss_weights, **self.cfg.recipe.aux_loss_weights}
         self.state = _State()
+
+    @property
+    def trains(self) -> str:
+        """Which parts train: `decoder`, `encoder+decoder`, ... (from requires_grad)."""
+        return trains_label(self.parts)
+
+    def write_run_info(self) -> None:
+        """`run_info.json`: what trains (benchmark tables state it per row) and the input path."""
+        import json
+
+        info = {
+            "recipe": self.cfg.recipe.name,
+            "trains": self.trains,
+            "trainable_parameters": self.parts,
+            **self.caches.info,
+            "num_workers": self.cfg.data.num_workers,
+            "mixed_precision": str(self.acc.mixed_precision),
+            "device": str(self.acc.device),
+        }
+        (self.out / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        used = info["encoder_cache"]["used"]
+        log.info(
+            "trains: %s (%d parameters); encoder states %s",
+            self.trains,
+            sum(self.parts.values()),
+            "cached" if used else f"computed live ({info['encoder_cache']['reason']})",
+        )
 
     def _total_steps(self) -> int:
         if self.cfg.max_steps is not None:
@@ -412,6 +454,8 @@ class Trainer:
             best,
             final_dir,
             list(self.cfg.data.languages),
+            self.trains,
+            self.caches.encoder is not None,
         )
 
     def _export(self, target: Path) -> Path:
@@ -441,6 +485,7 @@ def train(
         if accelerator.is_main_process:
             _check_resumed_config(trainer)
             dump_config(trainer.cfg, trainer.out / "config.yaml")
+            trainer.write_run_info()
         accelerator.wait_for_everyone()
         return trainer.run()
     finally:

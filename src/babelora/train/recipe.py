@@ -28,6 +28,7 @@ from babelora.adapters import AdapterHandle
 from babelora.config import build_dataclass
 from babelora.data.collate import IGNORE_INDEX
 from babelora.train.config import ModelConfig, TrainConfig
+from babelora.train.encoder_cache import masked_cross_attention
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Recipe:
     param_groups: list[dict[str, Any]] | None = None
     max_target_tokens: int = 448
     adapter: AdapterHandle | None = None  # expert layers whose routing decoding sets per batch
+    accepts_encoder_states: bool = False  # loss_fn takes cached encoder states (seq2seq_loss
+    # does): the engine may then train a frozen encoder's decoder from train/encoder_cache.py
 
 
 RecipeBuilder = Callable[[TrainConfig], Recipe]  # what the loop calls to build a run's recipe
@@ -84,14 +87,29 @@ def load_backbone(model_cfg: ModelConfig) -> Any:
     return handle
 
 
+def seq2seq_forward(model: nn.Module, batch: dict[str, Any]) -> Any:
+    """The model's output on a batch of log-mel features or of cached encoder states
+    (`encoder_states`, `encoder_lens`: train/encoder_cache.py; rows' cross-attention masked to
+    their own positions)."""
+    if "encoder_states" not in batch:
+        return model(
+            input_features=batch["input_features"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            use_cache=False,
+        )
+    dtype = next(p for p in model.parameters()).dtype
+    states = batch["encoder_states"].to(dtype)
+    with masked_cross_attention(model, batch["encoder_lens"], states.shape[1]):
+        return model(
+            encoder_outputs=(states,),
+            decoder_input_ids=batch["decoder_input_ids"],
+            use_cache=False,
+        )
+
+
 def seq2seq_loss(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
     """Summed token cross-entropy of a Whisper-style encoder-decoder (logits in fp32)."""
-    out = model(
-        input_features=batch["input_features"],
-        decoder_input_ids=batch["decoder_input_ids"],
-        use_cache=False,
-    )
-    logits = out.logits.float()
+    logits = seq2seq_forward(model, batch).logits.float()
     loss = F.cross_entropy(
         logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )

@@ -128,4 +128,5 @@ def build_experts(cfg: TrainConfig, params: ExpertsParams) -> Recipe:
         export=expert_set_export(adapter, cfg),
         max_target_tokens=int(handle.model.config.max_target_positions),
         adapter=adapter,
+        accepts_encoder_states=True,  # seq2seq_loss: a decoder-only set trains on cached states
     )

@@ -53,6 +53,7 @@ def build_full(cfg: TrainConfig, params: FullParams) -> Recipe:
         loss_fn=seq2seq_loss,
         export=_export_full(handle.tokenizer),
         max_target_tokens=int(model.config.max_target_positions),
+        accepts_encoder_states=True,  # seq2seq_loss: train_encoder false trains on cached states
     )
 
 
@@ -127,4 +128,5 @@ def build_lora(cfg: TrainConfig, params: LoraParams) -> Recipe:
         loss_fn=seq2seq_loss,
         export=_export_peft(signature),
         max_target_tokens=int(handle.model.config.max_target_positions),
+        accepts_encoder_states=True,  # seq2seq_loss: parts [decoder] trains on cached states
     )
