@@ -45,3 +45,28 @@ def expected(expert_set):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def expected_segments(expert_set):
+    """expected_segments(clip, lang): the clip decoded alone long-form with timestamps (what
+    srt, vtt and verbose_json report), on a model of its own, with the server's settings."""
+    from babelora.decode.longform import transcribe_long
+    from babelora.decode.routing import adapter_batch_hook
+    from babelora.decode.runner import Request
+
+    engine = make_engine(expert_set)
+
+    def get(clip: Path, lang: str) -> list[dict]:
+        res = transcribe_long(
+            engine.handle,
+            [Request("x", str(clip), lang)],
+            engine.decode_options,
+            engine.runner_options,
+            engine.longform_options,
+            adapter_batch_hook(engine.adapter),
+        )[0]
+        assert res.error is None, res.error
+        return res.extra["segments"]
+
+    return get

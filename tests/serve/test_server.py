@@ -66,23 +66,32 @@ def test_mixed_languages_sent_together_share_a_batch_and_each_get_their_own_text
     assert rows == len(jobs)  # every request went through the batched forward passes
 
 
-def test_response_formats(server, clips, expected):
+def test_response_formats(server, clips, expected, expected_segments):
+    """json/text: the plain transcript; verbose_json, srt and vtt: the long-form segments, each
+    cue as the clip decoded alone with timestamps."""
+    from babelora.decode.subtitles import to_srt, to_vtt
+
     client = _client(server)
     want = expected(clips[1], "fr")
     assert _transcribe(client, clips[1], "fr").text == want
     assert _transcribe(client, clips[1], "fr", response_format="text").strip() == want
+    segments = expected_segments(clips[1], "fr")
+    assert segments and all(0 <= s["start"] < s["end"] <= 1.0 for s in segments)
     verbose = _transcribe(client, clips[1], "fr", response_format="verbose_json")
-    assert verbose.text == want and verbose.language == "french"
-    assert verbose.duration == pytest.approx(1.0)
+    assert verbose.text == "".join(s["text"] for s in segments).strip()
+    assert verbose.language == "french" and verbose.duration == pytest.approx(1.0)
+    assert [(s.start, s.end, s.text) for s in verbose.segments] == [
+        (s["start"], s["end"], s["text"]) for s in segments
+    ]
     assert verbose.model_extra["babelora"] == {
         "language": "fr",
         "language_source": "given",
         "expert": "fr",
     }
     srt = _transcribe(client, clips[1], "fr", response_format="srt")
-    assert srt == f"1\n00:00:00,000 --> 00:00:01,000\n{want}\n\n"
+    assert srt == to_srt(segments) and srt.startswith("1\n00:00:00,")
     vtt = _transcribe(client, clips[1], "fr", response_format="vtt")
-    assert vtt == f"WEBVTT\n\n00:00:00.000 --> 00:00:01.000\n{want}\n\n"
+    assert vtt == to_vtt(segments) and vtt.startswith("WEBVTT\n\n00:00:00.")
 
 
 def test_translations_decode_speech_translation_into_english(server, clips, expected):

@@ -38,7 +38,7 @@ from starlette.routing import Route
 from babelora.serve.batcher import Batcher, BatchSettings, QueueFull, Stopped
 from babelora.serve.engine import Engine, Job
 from babelora.serve.errors import ApiError, error_response
-from babelora.serve.formats import render
+from babelora.serve.formats import TIMED_FORMATS, render
 from babelora.serve.upload import (
     MAX_FIELD_BYTES,
     BodyTooLarge,
@@ -157,7 +157,14 @@ class _Server:
         path, name = await save_upload(form, self.folder, self.settings.max_upload_bytes)
         try:
             duration = await check_audio(path, name, self.engine.max_seconds)
-            job = Job(uuid.uuid4().hex, str(path), fields["language"], task)
+            job = Job(
+                uuid.uuid4().hex,
+                str(path),
+                fields["language"],
+                task,
+                timestamps=fields["response_format"] in TIMED_FORMATS,
+                prompt=fields["prompt"],
+            )
             try:
                 outcome = await self.batcher.submit(job, self.settings.timeout)
             except QueueFull:

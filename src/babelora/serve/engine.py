@@ -4,8 +4,10 @@ The model is loaded once at start-up (`Engine.load`): a base Whisper, optionally
 adapter merged in or an expert set (language experts / MoLoRA) whose rows are routed per
 utterance, and optionally a LID head that predicts the language of requests that give none.
 `Engine.decode(jobs)` runs in the batcher's worker thread: one `decode_requests` call for the
-whole batch, each row routed to its own language's experts (`adapter_batch_hook`); a job whose
-language has no experts fails alone, the others are decoded.
+batch's plain jobs (json/text) and one long-form `transcribe_long` call for the jobs that want
+timed segments (verbose_json, srt, vtt) or give a text prompt, each row routed to its own
+language's experts (`adapter_batch_hook`); a job whose language has no experts fails alone, the
+others are decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from babelora.decode.longform import LongformOptions, transcribe_long
 from babelora.decode.runner import Request, RunnerOptions, decode_requests
 from babelora.decode.search import DecodeOptions
 from babelora.errors import LanguageError
@@ -34,6 +37,12 @@ class Job:
     audio_path: str
     lang: str | None
     task: str = "asr"  # "asr" (transcriptions) or "st" (translations, into English)
+    timestamps: bool = False  # long-form decoding with timed segments
+    prompt: str | None = None  # text before the audio (long-form decoding)
+
+    @property
+    def longform(self) -> bool:
+        return self.timestamps or bool(self.prompt and self.prompt.strip())
 
 
 @dataclass
@@ -44,6 +53,7 @@ class Outcome:
     lang: str = ""
     lang_source: str = "given"
     expert: str | None = None
+    segments: list[dict] | None = None  # timed segments (long-form jobs)
     error: str | None = None
     status: int = 200
     param: str | None = None
@@ -91,11 +101,13 @@ class Engine:
         decode_options: DecodeOptions = DecodeOptions(),
         runner_options: RunnerOptions = RunnerOptions(show_progress=False),
         missing: str = "error",
+        longform_options: LongformOptions = LongformOptions(),
     ) -> None:
         from babelora.decode.routing import check_missing_policy
 
         self.handle, self.adapter, self.lid = handle, adapter, lid
         self.decode_options, self.runner_options = decode_options, runner_options
+        self.longform_options = longform_options
         self.missing = check_missing_policy(adapter, missing) if adapter is not None else missing
         self.stats = Stats()
 
@@ -219,20 +231,39 @@ class Engine:
                 continue
             ready.append(i)
         self.stats.batch(len(jobs))
-        if ready:
+        plain = [i for i in ready if not jobs[i].longform]
+        timed = [i for i in ready if jobs[i].longform]
+        if plain:
             results = decode_requests(
                 self.handle,
-                [reqs[i] for i in ready],
+                [reqs[i] for i in plain],
                 self.decode_options,
                 self.runner_options,
                 before_batch=self._hook(),
             )
-            for i, res in zip(ready, results):
-                if res.error is not None:
-                    out[i].error, out[i].status, out[i].param = res.error, 500, "file"
-                else:
-                    out[i].text = res.hypothesis
+            self._collect(out, plain, results)
+        if timed:
+            results = transcribe_long(
+                self.handle,
+                [reqs[i] for i in timed],
+                self.decode_options,
+                self.runner_options,
+                self.longform_options,
+                before_batch=self._hook(),
+                prompts=[jobs[i].prompt for i in timed],
+            )
+            self._collect(out, timed, results)
         return out
+
+    @staticmethod
+    def _collect(out: list[Outcome], rows: Sequence[int], results) -> None:
+        for i, res in zip(rows, results):
+            if res.error is not None:
+                out[i].error, out[i].status, out[i].param = res.error, 500, "file"
+            else:
+                out[i].text = res.hypothesis
+                if "segments" in res.extra:
+                    out[i].segments = res.extra["segments"]
 
 
 def runner_options(

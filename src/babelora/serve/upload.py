@@ -2,11 +2,12 @@
 
 Fields (OpenAI's audio API): `file` (required, an uploaded audio file), `model` (required, a
 served model id), `language` (ISO 639-1; absent or `auto`: predicted by the LID head when one
-is loaded), `prompt` (accepted for compatibility; babelora's decoder takes no text prompt, so it
-is not used), `response_format` (json, text, verbose_json, srt, vtt), `temperature` (0 to 1;
-decoding is greedy or beam search, so it does not change the result). Each problem is an
-ApiError naming the field; the upload is written to a private temporary folder and read with
-babelora's audio loader (not audio, empty, truncated and too long are refused there).
+is loaded), `prompt` (text that precedes the audio: the request is decoded long-form with the
+prompt before its first window, as Whisper's initial prompt), `response_format` (json, text,
+verbose_json, srt, vtt), `temperature` (0 to 1; decoding is greedy or beam search, so it does
+not change the result). Each problem is an ApiError naming the field; the upload is written to
+a private temporary folder and read with babelora's audio loader (not audio, empty, truncated
+and too long are refused there).
 """
 
 from __future__ import annotations
