@@ -85,8 +85,10 @@ class MoLoRAConfig:
 
     Attributes:
         lora: rank, alpha, dropout, targets of every expert (default `LoRAConfig()`).
-        languages: ISO 639-1 codes that own experts, in expert order (default none). Required by
-            the `language` and `hybrid` routers; the learned router may use a plain pool instead.
+        languages: ISO 639-1 codes that own experts, in expert order (default none), or
+            language pairs `src>tgt` (e.g. `en>de`) for experts per translation direction (the
+            speech-LLM's `routing_key: pair`). Required by the `language` and `hybrid` routers;
+            the learned router may use a plain pool instead.
         experts_per_lang: routed experts per language (default 1).
         num_experts: size of a language-free routed pool for the `learned`/`weights` routers;
             0 means `len(languages) * experts_per_lang` (default 0).
@@ -149,7 +151,7 @@ class MoLoRAConfig:
     kernel: Kernel = "auto"
 
     def __post_init__(self) -> None:
-        langs = tuple(check_lang(code) for code in self.languages)
+        langs = tuple(check_route_key(code) for code in self.languages)
         if len(set(langs)) != len(langs):
             raise ConfigError(f"molora.languages has duplicates: {list(self.languages)}")
         object.__setattr__(self, "languages", langs)
@@ -206,6 +208,14 @@ class MoLoRAConfig:
     def aux_loss_weights(self) -> dict[str, float]:
         """Weights of the router's auxiliary losses, keyed as `Routing.aux_losses`."""
         return {"load_balance": self.load_balance_weight, "z_loss": self.z_loss_weight}
+
+
+def check_route_key(key: str) -> str:
+    """A language code, or a direction `src>tgt` of two codes, normalised (LanguageError else)."""
+    if isinstance(key, str) and ">" in key:
+        src, _, tgt = key.partition(">")
+        return f"{check_lang(src)}>{check_lang(tgt)}"
+    return check_lang(key)
 
 
 def lora_only(lora: LoRAConfig) -> MoLoRAConfig:

@@ -1,5 +1,6 @@
 """Put trained adapters on a loaded Whisper for decoding: one PEFT adapter (merged for speed) or
-a babelora expert set (language experts / MoLoRA, routed per utterance).
+a babelora expert set (language experts / MoLoRA, routed per utterance); or load a trained
+speech-LLM (`load_speech_llm`, `decode_speech_llm`) for the decode commands.
 
 Both check the base signature saved beside the adapters (models.base_check) unless told not to,
 and a PEFT adapter must change the model: tensors that match no module are an error, not a
@@ -122,3 +123,17 @@ def load_expert_set(handle, folder: str | Path, check: bool = True, hint: str = 
             raise
     handle.model.to(next(handle.model.parameters()).device).eval()
     return adapter
+
+
+def load_speech_llm(folder: str | Path, device: str = "cpu"):
+    """A speech-LLM exported by the `speech_llm` recipe (its `final/` folder), ready to decode."""
+    from babelora.methods.speech_llm.recipe import load_speech_llm as load
+
+    return load(folder).to(device).eval()
+
+
+def decode_speech_llm(model, requests, num_beams: int = 1, max_new_tokens: int | None = None):
+    """Results for decode Requests with a speech-LLM (babelora.methods.speech_llm.decode)."""
+    from babelora.methods.speech_llm.decode import decode_speech_llm as run
+
+    return run(model, requests, num_beams=num_beams, max_new_tokens=max_new_tokens)

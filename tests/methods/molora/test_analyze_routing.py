@@ -12,8 +12,8 @@ import torch
 from reference.tiny_models import randomize_experts
 
 from babelora.adapters import LoRAConfig, MoLoRAConfig, inject
+from babelora.adapters.mgrf import MGRFConfig
 from babelora.cli.main import main
-from babelora.methods.molora.mgrf import MGRFConfig
 from babelora.methods.molora.model import attach_mgrf, save_molora
 from babelora.models.whisper import tiny_random_whisper
 

@@ -9,8 +9,8 @@ import torch
 from reference.expert_loop import masked_mean_loop
 from reference.tiny_models import make_whisper, whisper_batch
 
+from babelora.adapters.mgrf import MGRF, MGRFConfig, attach_to_encoder
 from babelora.errors import ConfigError
-from babelora.methods.molora.mgrf import MGRF, MGRFConfig, attach_to_encoder
 
 D = 16
 VARIANTS = [

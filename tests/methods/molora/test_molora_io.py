@@ -10,6 +10,7 @@ import torch
 from reference.tiny_models import randomize_experts
 
 from babelora.adapters import ExpertLoRALinear, LoRAConfig, MoLoRAConfig, inject
+from babelora.adapters.mgrf import MGRFConfig
 from babelora.data.collate import WhisperCollator
 from babelora.data.manifest import Utterance
 from babelora.decode.routing import adapter_batch_hook
@@ -17,7 +18,6 @@ from babelora.decode.runner import Request, RunnerOptions, decode_requests
 from babelora.decode.search import DecodeOptions
 from babelora.errors import ModelLoadError
 from babelora.methods.loading import load_expert_set
-from babelora.methods.molora.mgrf import MGRFConfig
 from babelora.methods.molora.model import (
     MGRF_CONFIG,
     MGRF_WEIGHTS,

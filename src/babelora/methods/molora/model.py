@@ -1,7 +1,7 @@
 """MoLoRA on Whisper: route a batch, put MGRF after the encoder, save and load the whole set.
 
 A MoLoRA model is a Whisper with expert layers (`babelora.adapters.inject(MoLoRAConfig)`, an
-`AdapterHandle`) and optionally MGRF (`babelora.methods.molora.mgrf`) on the encoder output.
+`AdapterHandle`) and optionally MGRF (`babelora.adapters.mgrf`) on the encoder output.
 
 Routing a training/scoring batch (`route_batch`): each row's language (`batch["langs"]`) and two
 padding masks go on the routing context before the forward:
@@ -29,10 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from babelora.adapters import AdapterHandle, load_adapter_set, save_adapter_set
+from babelora.adapters.mgrf import MGRF, MGRFConfig, attach_to_encoder
 from babelora.config import build_dataclass
 from babelora.data.collate import IGNORE_INDEX
 from babelora.errors import ConfigError, LanguageError, ModelLoadError
-from babelora.methods.molora.mgrf import MGRF, MGRFConfig, attach_to_encoder
+from babelora.train.encoder_cache import encoder_frames
 
 MGRF_CONFIG = "mgrf.json"
 MGRF_WEIGHTS = "mgrf.safetensors"
@@ -93,10 +94,12 @@ def route_batch(
     adapter: AdapterHandle, batch: dict[str, Any], unknown: UnknownLanguage = "error"
 ) -> None:
     """Set the batch's languages and padding masks on the adapter's routing context."""
-    feats = batch["input_features"]
+    inputs = batch.get("input_features", batch.get("encoder_states"))  # features or cached states
     level = adapter.config.routing_level
     masks = {
-        "encoder": encoder_valid_mask(batch["feature_lens"].to(feats.device), feats.shape[-1]),
+        "encoder": encoder_valid_mask(
+            batch["feature_lens"].to(inputs.device), encoder_frames(batch)
+        ),
         "decoder": decoder_mask(batch["labels"], level),
     }
     adapter.set_routing(langs=route_languages(adapter, batch["langs"], unknown), masks=masks)

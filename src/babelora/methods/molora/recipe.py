@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from babelora.adapters import AdapterHandle, MoLoRAConfig, export_peft, inject, load_peft_expert
+from babelora.adapters.mgrf import MGRF, MGRFConfig
 from babelora.config import build_dataclass, to_dict
 from babelora.errors import ConfigError
-from babelora.methods.molora.mgrf import MGRF, MGRFConfig
 from babelora.methods.molora.model import (  # noqa: F401  (has_mgrf, load_molora: the CLI's entry)
     attach_mgrf,
     has_mgrf,
@@ -300,4 +300,5 @@ def build_molora(cfg: TrainConfig, params: MoLoRAParams) -> Recipe:
         param_groups=_param_groups(adapter, mgrf, params, cfg.optim.lr),
         max_target_tokens=int(model.config.max_target_positions),
         adapter=adapter,
+        accepts_encoder_states=True,  # seq2seq_loss: a decoder-only set trains on cached states
     )

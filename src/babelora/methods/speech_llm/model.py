@@ -12,9 +12,23 @@ transcription mode. The loss is cross-entropy on the target tokens and <eos> onl
 tokens. The projector's auxiliary losses come back unweighted in `aux_losses`;
 `total_loss` weights them with `losses` (projector_losses.ProjectorLossConfig).
 
-The LM is any transformers causal LM (`lm`: a hub id or folder), or the decoder of the
-encoder's Whisper (`whisper-decoder`; the shipped configs use tiny.en's). `SpeechLLM.lm` is a
-plain attribute so LoRA / MoLoRA can be injected into it by name patterns.
+The LM is Gemma 3 270M (`gemma3-270m`, offline from PyPI: babelora.models.llm), any
+transformers causal LM (`lm`: a hub id or folder), or the decoder of the encoder's Whisper
+(`whisper-decoder`). `SpeechLLM.lm` is a plain attribute so LoRA / MoLoRA can be injected into it
+by name patterns; `attach_experts` hands the model the AdapterHandle of MoLoRA experts in the LM,
+and every forward / generate then sets each row's routing key (`routing.route_key`, config
+`routing_key`) and the prefix mask on the routing context (utterance-level routers pool the
+speech + prompt positions only, never the target they help predict; decoding caches the
+decision of the prefix and reorders it with the beams).
+
+MGRF (`mgrf`, babelora.adapters.mgrf) fuses each utterance's sentence vector into its frames,
+on the projector output just before it enters the LLM (`mgrf_at: projector`, default) or on the
+encoder frames before the projector (`encoder`).
+
+Loss cost: the output layer of a 262k-token vocabulary dominates, so for transformers LMs the
+base model's hidden states are sliced to the real target positions first and only those rows go
+through the output layer (and Gemma's final logit soft-capping): N x V logits for N target
+tokens, not B x S x V.
 
 Shapes: B batch, F mel frames, T encoder frames, T' projector frames, S sequence, V vocabulary.
 """
@@ -30,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from babelora.adapters.mgrf import MGRF, MGRFConfig
 from babelora.data.prompts import llm_prompt, whisper_prompt_ids
 from babelora.decode.search import (
     DecodeOptions,
@@ -46,6 +61,7 @@ from babelora.methods.speech_llm.losses import (
 )
 from babelora.methods.speech_llm.moe_projector import ProjectorRouting
 from babelora.methods.speech_llm.projector import Projector, ProjectorConfig, ProjectorOutput
+from babelora.methods.speech_llm.routing import RoutingKey, route_key
 from babelora.methods.speech_llm.whisper_lm import WhisperDecoderLM
 
 ENCODER_FRAME_SECONDS = 0.02  # Whisper: 10 ms mel hop, halved by the encoder's strided conv
@@ -74,13 +90,31 @@ class SpeechLLMConfig:
     # beam ranking, babelora.decode.search.length_score: None = mean log-prob per token (the
     # <eos> counts), a float = GNMT's length penalty with that exponent
     length_penalty: float | None = None
+    # the LM's weights: float32, or bfloat16 (half the memory; only worth it where the CPU has
+    # bf16 matmul units, see BENCHMARKS.md); the projector, MGRF and experts stay float32
+    lm_dtype: Literal["float32", "bfloat16"] = "float32"
+    mgrf: MGRFConfig | None = None  # MGRF on the speech frames (None = off)
+    mgrf_at: Literal["projector", "encoder"] = "projector"  # after / before the projector
+    routing_key: RoutingKey = "auto"  # MoLoRA in the LM: source, target, pair or auto
+    unknown_route: Literal["error", "shared"] = "error"  # a key without experts: shared only
+
+    def __post_init__(self) -> None:
+        if self.mgrf_at not in ("projector", "encoder"):
+            raise ConfigError(f"mgrf_at must be projector or encoder, got {self.mgrf_at!r}")
+        if self.routing_key not in ("auto", "source", "target", "pair"):
+            raise ConfigError(
+                f"routing_key must be auto, source, target or pair, got {self.routing_key!r}"
+            )
+        if self.lm_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"lm_dtype must be float32 or bfloat16, got {self.lm_dtype!r}")
 
 
 @dataclass
 class SpeechLLMBatch:
     """Model inputs. features (B, n_mels, F) padded log-mel; feature_lengths (B,); token lists
     per utterance (targets end with <eos>); frame_labels (B, T') language groups or None;
-    replay (B,) bool, True for utterances replayed from an earlier stage's data."""
+    replay (B,) bool, True for utterances replayed from an earlier stage's data; route_keys:
+    each row's MoLoRA routing key (None without experts in the LM)."""
 
     features: Tensor
     feature_lengths: Tensor
@@ -89,6 +123,7 @@ class SpeechLLMBatch:
     frame_labels: Tensor | None = None
     replay: Tensor | None = None
     ids: list[str] | None = None
+    route_keys: list[str] | None = None
 
     def to(self, device: torch.device | str) -> SpeechLLMBatch:
         move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
@@ -97,8 +132,8 @@ class SpeechLLMBatch:
 
 @dataclass
 class SpeechLLMOutput:
-    """loss: CE per target token; logits (B, L, V) at target positions; labels (B, L) (-100 =
-    padding); aux_losses: unweighted projector losses; routing: MoE decision (or None)."""
+    """loss: CE per target token; logits (N, V) at the N real target tokens (row by row);
+    labels (N,); aux_losses: unweighted projector losses; routing: MoE decision (or None)."""
 
     loss: Tensor
     logits: Tensor
@@ -136,6 +171,10 @@ class SpeechLLM(nn.Module):
         d_in = int(encoder.config.d_model)
         d_out = int(lm.get_input_embeddings().embedding_dim)
         self.projector = Projector(cfg.projector, d_in, d_out)
+        self.mgrf: MGRF | None = None
+        if cfg.mgrf is not None:
+            self.mgrf = MGRF(d_in if cfg.mgrf_at == "encoder" else d_out, cfg.mgrf)
+        self.experts: Any = None  # AdapterHandle of MoLoRA/LoRA layers in `lm` (attach_experts)
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             raise ConfigError("the LM's tokenizer has no eos token; set tokenizer.eos_token")
@@ -144,6 +183,13 @@ class SpeechLLM(nn.Module):
             prefix = whisper_style if isinstance(lm, WhisperDecoderLM) else "none"
         self.whisper_prefix = prefix
         self._keep_arg = "logits_to_keep" in inspect.signature(lm.forward).parameters
+        head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+        base = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+        # slice hidden states before the output layer (module docstring); not for the Whisper
+        # decoder LM, whose forward does its own position checks
+        self._sliced = (
+            not isinstance(lm, WhisperDecoderLM) and head is not None and base is not None
+        )
         moe = self.projector.moe
         if moe is not None and cfg.losses.transition_weight > 0:
             moe.enable_reference_router()
@@ -158,6 +204,11 @@ class SpeechLLM(nn.Module):
         return getattr(self.lm.config, "max_position_embeddings", None)
 
     @property
+    def projector_width(self) -> int:
+        """The LM's hidden size, which the projector outputs."""
+        return int(self.lm.get_input_embeddings().embedding_dim)
+
+    @property
     def frame_seconds(self) -> float:
         """Seconds of audio per projector frame (20 ms x downsampling)."""
         return ENCODER_FRAME_SECONDS * self.cfg.projector.downsample
@@ -166,7 +217,14 @@ class SpeechLLM(nn.Module):
         """Set requires_grad from the freeze flags (a reference router always stays frozen)."""
         self.encoder.requires_grad_(not self.cfg.freeze_encoder)
         self.projector.requires_grad_(not self.cfg.freeze_projector)
+        if self.mgrf is not None:
+            self.mgrf.requires_grad_(not self.cfg.freeze_projector)
         self.lm.requires_grad_(not self.cfg.freeze_lm)
+        if self.experts is not None:
+            for layer in self.experts.layers.values():  # base_layer stays as freeze_lm says
+                for name, p in layer.named_parameters():
+                    if not name.startswith("base_layer."):
+                        p.requires_grad_(True)
         moe = self.projector.moe
         if moe is not None and moe.reference_router is not None:
             moe.reference_router.requires_grad_(False)
@@ -181,19 +239,73 @@ class SpeechLLM(nn.Module):
             self.encoder.eval()  # a frozen encoder never runs dropout
         return self
 
-    def load_previous_stage(self, state: dict[str, Tensor], partial: bool = False) -> None:
+    def load_previous_stage(
+        self, state: dict[str, Tensor], partial: bool = False, source: str = "previous stage"
+    ) -> None:
         """Start a training stage from the previous stage's weights; then the frozen reference
         router (transition loss) is set to the loaded router. `partial`: `state` holds only
-        some tensors (e.g. trainable ones)."""
+        some tensors (e.g. trainable ones). `source` names the weights in errors."""
         state = {k: v for k, v in state.items() if ".reference_router." not in k}
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise ModelLoadError(
+                    f"{source}: tensor {key} is {tuple(value.shape)} but this speech-LLM needs "
+                    f"{tuple(own[key].shape)}: it was trained with another encoder or LM (hidden "
+                    f"size {self.projector_width} now); use the same model.name and lm"
+                )
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if ".reference_router." not in k]
         if unexpected or (missing and not partial):
             bad = unexpected[:3] or missing[:3]
-            raise ModelLoadError(f"previous-stage weights do not fit this speech-LLM: {bad}")
+            raise ModelLoadError(f"{source}: weights do not fit this speech-LLM: {bad}")
         moe = self.projector.moe
         if moe is not None and moe.reference_router is not None:
             moe.reset_reference_router()
+
+    def attach_experts(self, handle: Any) -> None:
+        """Use `handle` (babelora.adapters.inject on `self.lm`) as the LM's experts: each batch
+        sets their routing (module docstring)."""
+        if handle.model is not self.lm:
+            raise ConfigError("attach_experts: the adapter handle must wrap this speech-LLM's lm")
+        self.experts = handle
+
+    def route_keys_for(
+        self,
+        tasks: Sequence[str],
+        langs: Sequence[str],
+        target_langs: Sequence[str | None],
+    ) -> list[str]:
+        """Each row's routing key under `cfg.routing_key` (routing.route_key)."""
+        return [route_key(self.cfg.routing_key, *r) for r in zip(tasks, langs, target_langs)]
+
+    def _set_routing(self, batch: SpeechLLMBatch, attn: Tensor, prefix: int, decoding: bool):
+        """Rows' expert groups and the router mask for the LM call over `attn` (B, S); the
+        first `prefix` positions are speech + prompt."""
+        if self.experts is None or not self.experts.context.languages:
+            if self.experts is not None:
+                self.experts.context.set(decoding=decoding)
+            return
+        if batch.route_keys is None:
+            raise ConfigError("the LM has routed experts: the batch needs route_keys")
+        known = self.experts.context.languages
+        keys: list[str | None] = []
+        for key in batch.route_keys:
+            if key in known:
+                keys.append(key)
+            elif self.cfg.unknown_route == "shared":
+                keys.append(None)
+            else:
+                raise ConfigError(
+                    f"routing key {key!r} (routing_key: {self.cfg.routing_key}) has no experts in "
+                    f"the LM; experts exist for {', '.join(known)}: add it to molora.languages "
+                    "or set unknown_route: shared"
+                )
+        mask = attn.bool()
+        if self.experts.config.routing_level == "utterance" and not decoding:
+            mask = mask.clone()
+            mask[:, prefix:] = False  # the router never sees the target it helps predict
+        self.experts.context.set(langs=keys, masks={"default": mask}, decoding=decoding)
 
     # ---- text ------------------------------------------------------------------------------
     def prompt_ids(self, task: str, lang: str, target_lang: str | None = None) -> list[int]:
@@ -240,6 +352,9 @@ class SpeechLLM(nn.Module):
         prompts = [self.prompt_ids(t, lg, tl) for t, lg, tl in zip(tasks, langs, target_langs)]
         tgt = [self.target_ids(t) for t in targets] if targets is not None else None
         labels = self.frame_labels_for(langs, segments, lengths)
+        keys = None
+        if self.experts is not None and self.experts.context.languages:
+            keys = self.route_keys_for(tasks, langs, target_langs)
         return SpeechLLMBatch(
             features=padded,
             feature_lengths=lengths,
@@ -248,6 +363,7 @@ class SpeechLLM(nn.Module):
             frame_labels=labels,
             replay=torch.tensor(list(replay), dtype=torch.bool) if replay is not None else None,
             ids=list(ids) if ids is not None else None,
+            route_keys=keys,
         )
 
     def frame_labels_for(
@@ -275,7 +391,13 @@ class SpeechLLM(nn.Module):
             states = self.encoder(features).last_hidden_state  # (B, T, D)
         lengths = encoder_lengths(feature_lengths.to(states.device))
         mask = torch.arange(states.shape[1], device=states.device)[None] < lengths[:, None]
-        return self.projector(states, mask)
+        mgrf = self.mgrf
+        if mgrf is not None and self.cfg.mgrf_at == "encoder":
+            states = mgrf(states.to(mgrf.proj.weight.dtype), mask)
+        out = self.projector(states, mask)
+        if mgrf is not None and self.cfg.mgrf_at == "projector":
+            out.embeds = mgrf(out.embeds, out.mask)  # padding frames stay zero
+        return out
 
     def _assemble(
         self,
@@ -355,23 +477,37 @@ class SpeechLLM(nn.Module):
         embeds, attn, pos, labels = self._assemble(
             proj, batch.prompt_ids, batch.target_ids, batch.ids
         )
-        out = self._lm(
-            keep=labels.shape[1],
-            inputs_embeds=embeds,
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=False,
-        )
-        logits = out.logits  # (B, L, V): logits[:, j] predicts target token j
-        loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-        )
+        self._set_routing(batch, attn, embeds.shape[1] - labels.shape[1] + 1, decoding=False)
+        logits, labels = self._target_logits(embeds, attn, pos, labels)
+        loss = F.cross_entropy(logits.float(), labels)
         aux: dict[str, Tensor] = {}
         if proj.routing is not None:
             aux = projector_aux_losses(
                 proj.routing, batch.frame_labels, batch.replay, self.cfg.losses.transition_kind
             )
-        return SpeechLLMOutput(loss, logits, labels, aux, proj.routing, int((labels >= 0).sum()))
+        return SpeechLLMOutput(loss, logits, labels, aux, proj.routing, int(labels.numel()))
+
+    def _target_logits(
+        self, embeds: Tensor, attn: Tensor, pos: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Logits (N, V) at the N real target tokens and their labels (N,). The hidden state at
+        sequence position Lp - 1 + j predicts target token j (Lp = prefix width)."""
+        valid = labels >= 0  # (B, L)
+        L = labels.shape[1]
+        if not self._sliced:
+            out = self._lm(
+                keep=L, inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False
+            )
+            return out.logits[valid], labels[valid]
+        hidden = self.lm.get_decoder()(
+            inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=False
+        ).last_hidden_state  # (B, S, O), after the final norm
+        hidden = hidden[:, -L:][valid]  # (N, O)
+        logits = self.lm.get_output_embeddings()(hidden)
+        cap = getattr(self.lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits, labels[valid]
 
     def total_loss(self, out: SpeechLLMOutput, step: int = 0) -> tuple[Tensor, dict[str, float]]:
         """CE + sum_i lambda_i aux_i (lambda_tr annealed by the step within the stage); returns
@@ -396,6 +532,7 @@ class SpeechLLM(nn.Module):
         limit."""
         proj = self.speech_prefix(batch.features, batch.feature_lengths)
         embeds, attn, pos, _ = self._assemble(proj, batch.prompt_ids, None, batch.ids)
+        self._set_routing(batch, attn, embeds.shape[1], decoding=True)
         n = max_new_tokens if max_new_tokens is not None else self.cfg.max_new_tokens
         if self.max_positions is not None:
             n = min(n, self.max_positions - int(attn.sum(1).max()))
@@ -410,7 +547,11 @@ class SpeechLLM(nn.Module):
         decoder = PrefixStepDecoder(self, embeds, attn, pos)
         prompts = [[] for _ in range(embeds.shape[0])]  # the prompt is part of the prefix
         task = DecodingTask(decoder, prompts, self.eos_id, options)
-        return [hyp.tokens for hyp in task.run()]
+        try:
+            return [hyp.tokens for hyp in task.run()]
+        finally:
+            if self.experts is not None:
+                self.experts.context.clear()
 
     def transcribe(self, batch: SpeechLLMBatch, **kwargs: Any) -> list[str]:
         """Decoded text per utterance (`generate` + detokenisation)."""
@@ -472,6 +613,8 @@ class PrefixStepDecoder:
             self.pending = rows if self.pending is None else self.pending.index_select(0, rows)
             return
         self.cache.reorder_cache(rows)
+        if self.model.experts is not None:  # cached routing decisions move with the beams
+            self.model.experts.context.reorder(rows)
         self.attn = self.attn.index_select(0, rows)
         self.next_pos = self.next_pos.index_select(0, rows)
 
@@ -498,8 +641,9 @@ def build_speech_llm(
         from babelora.models.llm import resolve_llm
 
         path = resolve_llm(cfg.lm)  # offline names (gemma3-270m) -> their converted folder
+        lm_dtype = torch.bfloat16 if cfg.lm_dtype == "bfloat16" else dtype
         try:
-            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=lm_dtype, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as err:
             raise ModelLoadError(f"cannot load LM {cfg.lm!r}: {str(err).splitlines()[0]}") from None

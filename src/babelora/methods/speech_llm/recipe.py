@@ -5,7 +5,16 @@ freeze flags, aux-loss options); the Whisper comes from the run's `model` sectio
 recipe. `init_from` names the export folder of the previous training stage
 (babelora.methods.speech_llm.stages);
 `lora` optionally puts LoRA on the LM (babelora.adapters.inject; e.g. targets [causal-lm-attn],
-or [whisper-decoder-self-attn, whisper-decoder-ffn] for the Whisper-decoder LM).
+or [whisper-decoder-self-attn, whisper-decoder-ffn] for the Whisper-decoder LM); `molora` puts
+MoLoRA experts there instead (MoLoRAConfig fields: language-routed + shared experts, language /
+learned / hybrid router; default targets causal-lm-all = attention and MLP projections). Each
+row's expert group is its routing key (`model.routing_key`: source, target, pair or auto,
+babelora.methods.speech_llm.routing); `molora.languages` defaults to the keys found in the
+training manifests. The routers' `load_balance` and `z_loss` join the aux losses.
+
+LMs other than Whisper's decoder (Gemma, Llama, Qwen) have no Whisper special tokens, so the
+engine's Whisper collator gets `CollatorTokenizer`: target text through the LM's tokenizer,
+<|endoftext|> as the LM's eos, Whisper's prompt tokens as placeholders the recipe never reads.
 
 The engine's Whisper collator gives the batches: log-mel, real lengths, `labels` (target tokens
 + <|endoftext|>, which are the speech-LLM's targets, so the loop's token count is exact) and ids.
@@ -22,7 +31,10 @@ The transition loss needs a previous stage: without `init_from` the reference ro
 
 Export (`final/`): `speech_llm.safetensors` (every tensor trained in this or an earlier stage)
 and `speech_llm.yaml` (the SpeechLLMConfig and the Whisper it was built on); `load_speech_llm`
-rebuilds the model from it.
+rebuilds the model from it (`babelora evaluate --speech-llm final/`). With MoLoRA and the
+language router (or LoRA), `lm_peft/<key>/` holds the LM's experts folded per routing key (shared
++ that key's experts) as a PEFT adapter of the LM: merged into the LM it equals the routed model
+for rows of that key.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from babelora.adapters.config import LoRAConfig
+from babelora.adapters.config import LoRAConfig, MoLoRAConfig
 from babelora.config import build_dataclass, read_yaml, to_dict
 from babelora.data.collate import IGNORE_INDEX
 from babelora.data.prompts import EOT, token_id
@@ -48,6 +60,7 @@ from babelora.methods.speech_llm.model import (
     SpeechLLMConfig,
     build_speech_llm,
 )
+from babelora.methods.speech_llm.routing import route_keys
 from babelora.train.config import ModelConfig, TrainConfig
 from babelora.train.recipe import LossOutput, Recipe, load_backbone
 
@@ -63,8 +76,11 @@ class SpeechLLMParams:
     model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
     init_from: str | None = None  # previous stage's export folder (holds speech_llm.safetensors)
     lora: LoRAConfig | None = None  # LoRA on the LM (None = no adapter)
+    molora: dict[str, Any] | None = None  # MoLoRA in the LM: MoLoRAConfig fields (None = off)
 
     def __post_init__(self) -> None:
+        if self.lora is not None and self.molora is not None:
+            raise ConfigError("recipe.params: give lora or molora for the LM, not both")
         if self.model.encoder is not None:
             raise ConfigError(
                 "recipe.params.model.encoder: the speech-LLM's Whisper is the run's model.name; "
@@ -80,6 +96,27 @@ def _utterances(cfg: TrainConfig) -> dict[str, Any]:
         for utt in read_manifest(path, data_root=cfg.data.data_root):
             utts[utt.id] = utt
     return utts
+
+
+class CollatorTokenizer:
+    """What the engine's Whisper collator asks of a tokenizer, for an LM without Whisper's
+    special tokens: `encode` is the LM's tokenizer, <|endoftext|> is the LM's eos, and the
+    other Whisper tokens (the collator's prompt, never read by this recipe) are the eos too."""
+
+    unk_token_id = -1  # no token is unknown: every Whisper token has a stand-in
+
+    def __init__(self, tokenizer: Any, eos_id: int) -> None:
+        self.tokenizer = tokenizer
+        self.eos_id = int(eos_id)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.eos_id
+
+    def decode(self, ids: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(ids, **kwargs)
 
 
 def _core(model: nn.Module) -> SpeechLLM:
@@ -102,7 +139,13 @@ def make_loss_fn(utts: dict[str, Any], grad_accum: int) -> Any:
         frame_labels = core.frame_labels_for(
             [u.lang for u in items], [u.segments for u in items], batch["feature_lens"]
         )
+        keys = None
+        if core.experts is not None and core.experts.context.languages:
+            keys = core.route_keys_for(
+                [u.task for u in items], [u.lang for u in items], [u.target_lang for u in items]
+            )
         sbatch = SpeechLLMBatch(
+            route_keys=keys,
             features=batch["input_features"],
             feature_lengths=batch["feature_lens"],
             prompt_ids=[core.prompt_ids(u.task, u.lang, u.target_lang) for u in items],
@@ -113,6 +156,8 @@ def make_loss_fn(utts: dict[str, Any], grad_accum: int) -> Any:
         )
         out = model(sbatch)
         aux = dict(out.aux_losses)
+        if core.experts is not None and model.training:
+            aux.update(core.experts.aux_losses())  # load_balance, z_loss (learned routers)
         if "transition" in aux:
             step = batch.get("step")
             if step is None:
@@ -157,34 +202,102 @@ def make_export(model_cfg: ModelConfig, params: SpeechLLMParams, inherited: set[
                 "backbone": to_dict(model_cfg),
                 "model": to_dict(params.model),
                 "lora": to_dict(params.lora),
+                "molora": to_dict(core.experts.config) if params.molora is not None else None,
             },
             Path(out_dir) / CONFIG_FILE,
         )
+        export_lm_folds(core, Path(out_dir) / "lm_peft")
 
     return export
 
 
-def _build(model_cfg: ModelConfig, params: SpeechLLMParams) -> tuple[SpeechLLM, str]:
-    """The speech-LLM (with LoRA on its LM when configured) and the Whisper's prompt style."""
+def export_lm_folds(model: SpeechLLM, folder: Path) -> list[str]:
+    """The LM's experts as PEFT adapters of the LM, one per routing key (shared + that key's
+    experts; `shared/` for keys without experts), where that equals the routed model (language
+    router or plain LoRA). Returns the folder names written."""
+    from babelora.adapters import export_peft
+
+    experts = model.experts
+    if experts is None or experts.config.router not in ("language", "none"):
+        return []
+    cfg = experts.config
+    keys: list[str | None] = [*cfg.languages, *([None] if cfg.num_shared else [])]
+    written = []
+    for key in keys:
+        name = (key or "shared").replace(">", "-")
+        export_peft(experts, folder / name, weights=experts.fold_weights(key))
+        written.append(name)
+    return written
+
+
+def molora_config(raw: dict[str, Any], keys: list[str]) -> MoLoRAConfig:
+    """MoLoRAConfig for the LM from `recipe.params.molora`: LoRA targets default to the LM's
+    attention and MLP projections, `languages` to the routing keys `keys` of the data."""
+    raw = dict(raw)
+    lora = dict(raw.get("lora") or {})
+    lora.setdefault("targets", ["causal-lm-all"])
+    raw["lora"] = lora
+    router = raw.get("router", "language")
+    if not raw.get("languages") and router in ("language", "hybrid"):
+        if not keys:
+            raise ConfigError("recipe.params.molora: no routing keys found in the training data")
+        raw["languages"] = list(keys)
+    return build_dataclass(MoLoRAConfig, raw, "recipe.params.molora")
+
+
+def attach_lm_experts(model: SpeechLLM, config: LoRAConfig | MoLoRAConfig) -> Any:
+    """Inject LoRA / MoLoRA into `model.lm` (the LM's base weights stay as `freeze_lm` says)
+    and hand the handle to the model, which then routes every batch."""
+    from babelora.adapters.inject import inject
+
+    handle = inject(model.lm, config, freeze_base=model.cfg.freeze_lm)
+    model.attach_experts(handle)
+    model.apply_freeze()
+    return handle
+
+
+def _build(
+    model_cfg: ModelConfig, params: SpeechLLMParams, keys: list[str] | None = None
+) -> tuple[SpeechLLM, str]:
+    """The speech-LLM (with LoRA / MoLoRA in its LM when configured) and the Whisper's prompt
+    style. `keys`: the data's routing keys (MoLoRA's default expert groups)."""
     handle = load_backbone(model_cfg)
     model = build_speech_llm(params.model, handle=handle)
     if params.lora is not None:
-        from babelora.adapters.inject import inject
-
-        inject(model.lm, params.lora, freeze_base=params.model.freeze_lm)
+        attach_lm_experts(model, params.lora)
+    elif params.molora is not None:
+        attach_lm_experts(model, molora_config(params.molora, keys or []))
     return model, handle.prompt_style
 
 
 def load_speech_llm(folder: str | Path) -> SpeechLLM:
     """Rebuild a speech-LLM exported by this recipe (for decoding and benchmarks)."""
-    meta = read_yaml(Path(folder) / CONFIG_FILE)
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: not a speech-LLM export (no {CONFIG_FILE})")
+    meta = read_yaml(path)
     params = SpeechLLMParams(
         model=build_dataclass(SpeechLLMConfig, meta["model"], "model"),
         lora=build_dataclass(LoRAConfig, meta["lora"], "lora") if meta.get("lora") else None,
+        molora=meta.get("molora") or None,
     )
     model, _ = _build(build_dataclass(ModelConfig, meta["backbone"], "backbone"), params)
-    model.load_previous_stage(_load_weights(folder), partial=True)
+    model.load_previous_stage(_load_weights(folder), partial=True, source=str(folder))
     return model.eval()
+
+
+def data_route_keys(cfg: TrainConfig, params: SpeechLLMParams) -> list[str]:
+    """The routing keys of the run's training utterances (configured tasks and languages)."""
+    from babelora.data.manifest import read_manifest
+
+    rows = []
+    for path in cfg.data.train:
+        for u in read_manifest(path, data_root=cfg.data.data_root):
+            if u.task in cfg.data.tasks and (
+                not cfg.data.languages or u.lang in cfg.data.languages
+            ):
+                rows.append((u.task, u.lang, u.target_lang))
+    return route_keys(params.model.routing_key, rows)
 
 
 def build_speech_llm_recipe(cfg: TrainConfig, params: SpeechLLMParams) -> Recipe:
@@ -193,26 +306,33 @@ def build_speech_llm_recipe(cfg: TrainConfig, params: SpeechLLMParams) -> Recipe
             "recipe.params.model.target_leading_space must equal data.text_leading_space "
             "(the collator tokenizes the targets)"
         )
-    model, prompt_style = _build(cfg.model, params)
+    keys = None
+    if params.molora is not None and not params.molora.get("languages"):
+        keys = data_route_keys(cfg, params)
+    model, prompt_style = _build(cfg.model, params, keys)
     inherited: set[str] = set()
     if params.init_from:
         state = _load_weights(params.init_from)
-        model.load_previous_stage(state, partial=True)
+        model.load_previous_stage(state, partial=True, source=str(params.init_from))
         inherited = set(state)
     elif model.projector.moe is not None and model.projector.moe.reference_router is not None:
         log.info("speech_llm: no previous stage (init_from), so no transition loss")
         model.projector.moe.reference_router = None
-    tok = model.tokenizer
+    tok: Any = model.tokenizer
     try:
         eot = token_id(tok, EOT)
     except KeyError:
         eot = None
-    if eot != model.eos_id:
-        raise ConfigError(
-            f"recipe speech_llm: the engine's collator ends targets with {EOT}, but the LM's eos "
-            f"is {tok.eos_token!r}; this LM's tokenizer is not supported by the Whisper collator"
-        )
+    if eot != model.eos_id:  # not a Whisper tokenizer: the collator gets the LM's tokens
+        tok, prompt_style = CollatorTokenizer(model.tokenizer, model.eos_id), "english"
     losses = params.model.losses
+    weights = {
+        "lang": losses.lang_weight,
+        "balance": losses.balance_weight,
+        "transition": losses.transition_weight,
+    }
+    if model.experts is not None:
+        weights.update(model.experts.config.aux_loss_weights)
     return Recipe(
         model=model,
         tokenizer=tok,
@@ -220,11 +340,7 @@ def build_speech_llm_recipe(cfg: TrainConfig, params: SpeechLLMParams) -> Recipe
         n_mels=int(model.encoder.config.num_mel_bins),
         loss_fn=make_loss_fn(_utterances(cfg), cfg.optim.grad_accum),
         export=make_export(cfg.model, params, inherited),
-        aux_loss_weights={
-            "lang": losses.lang_weight,
-            "balance": losses.balance_weight,
-            "transition": losses.transition_weight,
-        },
+        aux_loss_weights=weights,
         max_target_tokens=int(model.max_positions or 10**9),
     )
 

@@ -12,7 +12,10 @@ The paper's exact operator is not public (methods.md 1.3); the variants above ar
 Padding frames never enter s (they get zero attention / zero weight in the mean) and keep their
 input values in h'. With `zero_init` the output projection starts at 0, so a fresh MGRF is the
 identity and can be put after a pretrained encoder without changing it: after Whisper's encoder
-(before cross-attention, `attach_to_encoder`) or before a speech-LLM's projector (call it).
+(before cross-attention, `attach_to_encoder`; methods/molora) or in a speech-LLM, on the encoder
+frames before the projector or on the projector's output just before it enters the LLM
+(methods/speech_llm, `SpeechLLMConfig.mgrf`). It lives here, below the method packages, because
+both of them use it.
 Shapes: B batch, T frames, D model dim.
 """
 
