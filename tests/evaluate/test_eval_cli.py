@@ -159,3 +159,18 @@ def test_score_with_baseline_prints_paired_differences(run, files, tmp_path, cap
     short.write_text(json.dumps(rows[0]) + "\n")
     assert run([*args, "--baseline", str(short)]) == 2
     assert "system A: 2 of 3 utterances have no hypothesis" in capsys.readouterr().err
+
+
+def test_subset_scores_only_the_decoded_rows(run, files, tmp_path, capsys):
+    manifest, hyps = files
+    hyps.write_text(hyps.read_text().splitlines()[1] + "\n")  # only "b" was decoded
+    args = ["score", "--manifest", str(manifest), "--hyps", str(hyps), "--no-langid"]
+    assert run(args) == 2  # the whole manifest: a and c have no hypothesis
+    capsys.readouterr()
+    out = tmp_path / "r.json"
+    assert run([*args, "--subset", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["counts"]["references"] == 1
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"id": "zz", "hypothesis": "x"}\n')
+    assert run([*args[:4], str(other), "--subset"]) == 2
+    assert "no hypothesis matches an id" in capsys.readouterr().err

@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-langid", action="store_true", help="skip the language-confusion rate")
     p.add_argument(
+        "--subset",
+        action="store_true",
+        help="score only the manifest rows that --hyps covers (a decoded subset: evaluate's "
+        "--limit, --langs or --task); the baseline must cover them too",
+    )
+    p.add_argument(
         "--baseline",
         help="hypotheses of a baseline system A: print each row's difference (--hyps minus A) "
         "with a paired bootstrap 95%% interval",
@@ -77,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         lang_source=args.lang_source,
     )
-    utts = read_manifest(args.manifest)
+    utts = read_manifest(args.manifest, require_lang=False)  # unlabelled: predicted language
     if not utts:
         raise ManifestError(f"{args.manifest}: no utterances to score")
     hyps = read_hypotheses(args.hyps)
+    if args.subset:
+        utts = [u for u in utts if u.id in hyps]
+        if not utts:
+            raise ManifestError(f"{args.hyps}: no hypothesis matches an id of {args.manifest}")
     report = score(hyps, utts, config)
     write_report(report, args.out, args.markdown)
     print(report.to_markdown(), end="")
