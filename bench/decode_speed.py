@@ -1,11 +1,14 @@
 """Decode speed and WER: babelora batched decoding vs faster-whisper vs transformers `generate`.
 
 All systems run side by side in one process on the same synthetic English utterances (espeak-ng,
-1-8 s, sentences from the offline corpus's English side), same model (tiny.en unless --model),
-CPU, fp32, the same thread count. Throughput = audio seconds / wall seconds; WER with jiwer after
-Whisper's English normalizer; peak memory = peak RSS growth over the run of each system (sampled).
+1-8 s, sentences from the offline corpus's English side), same model (tiny.en unless --model;
+with `--model base`, the multilingual default, every system decodes with the prompt
+<|en|><|transcribe|><|notimestamps|>), CPU, fp32, the same thread count. Throughput = audio
+seconds / wall seconds; WER with jiwer after Whisper's English normalizer; peak memory = peak RSS
+growth over the run of each system (sampled).
 
     python bench/decode_speed.py --n 80 --threads 2
+    python bench/decode_speed.py --n 80 --threads 2 --model base   # results/decode_speed_base.json
 """
 
 from __future__ import annotations
@@ -112,27 +115,48 @@ def faster_whisper_model(model_dir, threads):
     return WhisperModel(str(model_dir), device="cpu", compute_type="float32", cpu_threads=threads)
 
 
-def run_faster_whisper(model, rows):
+def run_faster_whisper(model, rows, **options):
+    """Its own default settings (beam 5, temperature fallback) unless `options` say otherwise;
+    language given."""
     hyps = []
-    for r in rows:  # its own default settings (beam 5, temperature fallback), language given
-        segments, _ = model.transcribe(r["audio_filepath"], language="en")
+    for r in rows:
+        segments, _ = model.transcribe(r["audio_filepath"], language="en", **options)
         hyps.append(" ".join(s.text.strip() for s in segments))
     return hyps
 
 
 def stock_transformers_model(handle):
-    """A fresh copy of the model with transformers' stock encoder."""
+    """A fresh copy of the model with transformers' stock encoder. A multilingual model gets the
+    generation settings a hub checkpoint ships (language and task tokens), so that `generate`
+    decodes with the prompt babelora and faster-whisper use: <|en|><|transcribe|><|notimestamps|>
+    (without them it starts from <|startoftranscript|> alone and guesses)."""
     from transformers import WhisperForConditionalGeneration
+
+    from babelora.data.prompts import NO_TIMESTAMPS, TRANSCRIBE, TRANSLATE, token_id
+    from babelora.decode.language import is_multilingual, language_token_ids
 
     model = WhisperForConditionalGeneration(handle.model.config)
     model.load_state_dict(handle.model.state_dict())
+    if is_multilingual(handle):
+        tok, gen = handle.tokenizer, model.generation_config
+        gen.is_multilingual = True
+        gen.lang_to_id = {f"<|{c}|>": i for c, i in language_token_ids(tok).items()}
+        gen.task_to_id = {
+            "transcribe": token_id(tok, TRANSCRIBE),
+            "translate": token_id(tok, TRANSLATE),
+        }
+        gen.no_timestamps_token_id = token_id(tok, NO_TIMESTAMPS)
     return model.eval()
 
 
 def run_transformers_generate(model, tokenizer, rows, batch_size):
-    """transformers' own `generate` on 30 s padded features (its supported input), batched."""
+    """transformers' own `generate` on 30 s padded features (its supported input), batched;
+    language en and task transcribe on a multilingual model."""
     from babelora.data.audio import load_audio, log_mel
 
+    prompt = {}
+    if getattr(model.generation_config, "is_multilingual", False):
+        prompt = {"language": "en", "task": "transcribe"}
     hyps = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
@@ -140,7 +164,7 @@ def run_transformers_generate(model, tokenizer, rows, batch_size):
             [log_mel(load_audio(r["audio_filepath"]), pad_to_30s=True) for r in chunk]
         )
         with torch.no_grad():
-            out = model.generate(input_features=feats, max_new_tokens=128)
+            out = model.generate(input_features=feats, max_new_tokens=128, **prompt)
         hyps += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     return hyps
 
@@ -152,8 +176,16 @@ def main() -> None:
     ap.add_argument("--model", default="tiny.en", help="babelora model (default: offline tiny.en)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip", default="", help="comma list of systems to skip")
-    ap.add_argument("--out", default=str(ROOT / "results" / "decode_speed.json"))
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default results/decode_speed.json; decode_speed_<model>.json for a "
+        "model other than tiny.en)",
+    )
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "" if args.model == "tiny.en" else "_" + Path(args.model).name.replace(".", "_")
+        args.out = str(ROOT / "results" / f"decode_speed{suffix}.json")
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -176,6 +208,9 @@ def main() -> None:
     stock = stock_transformers_model(handle)
     systems = {  # models are loaded above: the timings cover decoding (audio I/O included) only
         "faster-whisper (beam 5, its defaults)": lambda: run_faster_whisper(fw_model, rows),
+        "faster-whisper greedy (beam 1, temperature 0)": lambda: run_faster_whisper(
+            fw_model, rows, beam_size=1, temperature=0.0
+        ),
         "transformers generate (greedy, 30 s pad, batch 16)": lambda: run_transformers_generate(
             stock, handle.tokenizer, rows, 16
         ),

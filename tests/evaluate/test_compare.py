@@ -51,3 +51,13 @@ def test_identical_systems_are_not_different():
     same = _hyps(lambda i, ref: ref.split(" ")[0])
     for d in compare(same, same, REFS, CompareConfig(n_resamples=50)):
         assert d.delta.estimate == 0.0 and d.better is None
+
+
+def test_rows_without_a_language_are_refused():
+    from babelora.data.manifest import Utterance
+    from babelora.errors import ManifestError
+
+    utt = Utterance(id="u", audio_filepath="a.wav", duration=1.0, lang=None, text="hallo")
+    hyps = {"u": Hypothesis("u", "hallo", lang_used="de")}
+    with pytest.raises(ManifestError, match="1 manifest rows have none"):
+        compare(hyps, hyps, [utt])

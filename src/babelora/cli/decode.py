@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from babelora.data.manifest import read_manifest
 from babelora.decode.runner import Request, RunnerOptions, decode_requests, write_results
 from babelora.decode.search import DecodeOptions
-from babelora.errors import BabeloraError, ManifestError
+from babelora.errors import BabeloraError, LanguageError, ManifestError
 from babelora.languages import check_lang
 
 IGNORE_HINT = (
@@ -38,6 +39,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "transformers folder, or HF id (default: base, multilingual)",
     )
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder (merged in)")
+    p.add_argument(
+        "--speech-llm",
+        default=None,
+        help="a trained speech-LLM export folder (recipe speech_llm, final/): decode with it "
+        "instead of Whisper's decoder (needs the spoken language)",
+    )
     p.add_argument(
         "--experts",
         default=None,
@@ -81,6 +88,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="decoder prompt (default: english for *.en models, else multilingual)",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="weights and activations (float16/bfloat16: GPUs; experts are cast too)",
+    )
+    p.add_argument(
+        "--kv-cache",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="static: preallocated KV cache, greedy loop on the device, CUDA graphs on a GPU",
+    )
+    p.add_argument(
+        "--graphs",
+        choices=["off", "auto", "cuda", "compile"],
+        default="auto",
+        help="with --kv-cache static: capture each step as a CUDA graph (auto: on a GPU), or "
+        "torch.compile it (reduce-overhead)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--allow-pickle",
@@ -103,13 +129,70 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_longform_args(p: argparse.ArgumentParser) -> None:
+    from babelora.decode.subtitles import OUTPUT_FORMATS
+    from babelora.decode.vad import VAD_METHODS
+
+    p.add_argument(
+        "--output-format",
+        "-f",
+        choices=OUTPUT_FORMATS,
+        default=None,
+        help="write transcripts as txt, json (with segments), srt or vtt subtitles (implies "
+        "--timestamps); to stdout for one input without --out",
+    )
+    p.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="long-form decoding with timestamps: seek segment by segment through audio of any "
+        "length (as Whisper does); JSONL results get their segments",
+    )
+    p.add_argument(
+        "--no-condition-on-previous-text",
+        action="store_true",
+        help="with timestamps: do not prompt each 30 s window with the text before it (less "
+        "context, but no repetition carried from one window to the next)",
+    )
+    p.add_argument(
+        "--initial-prompt", default=None, help="with timestamps: text that precedes the audio"
+    )
+    p.add_argument(
+        "--no-speech-threshold",
+        type=float,
+        default=0.6,
+        help="with timestamps: skip a window as silence above this no-speech probability "
+        "(with a mean log-prob below -1)",
+    )
+    p.add_argument(
+        "--vad",
+        choices=VAD_METHODS,
+        default=None,
+        help="with timestamps: cut long silences first; energy (built in) or silero "
+        "(faster-whisper's model, needs onnxruntime); timestamps stay those of the file",
+    )
+    p.add_argument(
+        "--vad-min-silence",
+        type=float,
+        default=2.0,
+        help="with --vad: cut only silences at least this long (seconds)",
+    )
+
+
 def _load(args: argparse.Namespace):
     import torch
 
+    from babelora.decode.memory import check_device
     from babelora.models.whisper import load_whisper
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)
+    if args.speech_llm:
+        from babelora.methods.loading import load_speech_llm
+
+        if args.adapter or args.experts or args.lid:
+            raise BabeloraError("--speech-llm cannot be combined with --adapter/--experts/--lid")
+        return load_speech_llm(args.speech_llm, device=args.device), None
     handle = load_whisper(
         args.model,
         device=args.device,
@@ -128,12 +211,23 @@ def _load(args: argparse.Namespace):
     if args.experts:
         check = check and not args.adapter
         adapter = load_expert_set(handle, args.experts, check=check, hint=IGNORE_HINT)
+    if args.dtype != "float32":
+        handle.model.to(getattr(torch, args.dtype))
     return handle, adapter
 
 
-def _decode(args: argparse.Namespace, handle, adapter, reqs: list[Request], auto: bool = False):
-    """Decode requests: predict languages first with --lid (the trained head) or, with `auto`,
-    Whisper's own LID (restricted to --langs); route experts with --experts."""
+def _decode(
+    args: argparse.Namespace,
+    handle,
+    adapter,
+    reqs: list[Request],
+    auto: bool | Sequence[bool] = False,
+    longform=None,
+):
+    """Decode requests: predict languages first with --lid (the trained head) or, with `auto`
+    (all requests, or those flagged True), Whisper's own LID (restricted to --langs); route
+    experts with --experts (predicted rows by the predicted language or its posterior). With
+    `longform` (LongformOptions) decode long-form with timestamps (babelora.decode.longform)."""
     from babelora.decode.routing import (
         adapter_batch_hook,
         check_expert_languages,
@@ -142,28 +236,44 @@ def _decode(args: argparse.Namespace, handle, adapter, reqs: list[Request], auto
     )
 
     dopts, ropts = _options(args)
+    if args.speech_llm:
+        from babelora.methods.loading import decode_speech_llm
+
+        if (auto if isinstance(auto, bool) else any(auto)) or any(not r.lang for r in reqs):
+            raise BabeloraError("--speech-llm needs the spoken language: pass --language LANG")
+        return decode_speech_llm(handle, reqs, args.beam_size, args.max_new_tokens)
     missing = args.missing_expert
     posterior = args.lid_mode == "posterior"
-    detections = None
-    if adapter is not None and not (args.lid or auto):
-        check_expert_languages(adapter, reqs, missing)
+    flags = [auto] * len(reqs) if isinstance(auto, bool) else list(auto)
+    detections: list = [None] * len(reqs)
+    if adapter is not None and not args.lid:  # the given languages, before any LID runs
+        check_expert_languages(adapter, [r for r, f in zip(reqs, flags) if not f], missing)
     if args.lid:
         from babelora.models.lid import LidHead
 
         head = LidHead.load(args.lid)
         reqs = predict_languages(handle, head, reqs, ropts, adapter, posterior)
-    elif auto:
+    elif any(flags):
         from babelora.decode.language import apply_detections, detect_languages
 
-        detections = detect_languages(handle, reqs, ropts, _lid_langs(args), adapter)
+        idx = [i for i, f in enumerate(flags) if f]
+        asked = [reqs[i] for i in idx]
+        found = detect_languages(handle, asked, ropts, _lid_langs(args), adapter)
         experts = adapter.context.languages if adapter is not None and posterior else None
-        reqs = apply_detections(reqs, detections, experts)
-    if adapter is not None and (args.lid or auto):
+        reqs = list(reqs)
+        for i, det, req in zip(idx, found, apply_detections(asked, found, experts)):
+            detections[i], reqs[i] = det, req
+    if adapter is not None and (args.lid or any(flags)):
         check_expert_languages(adapter, [r for r in reqs if r.lang], missing)
     hook = adapter_batch_hook(adapter, missing) if adapter is not None else None
-    results = decode_requests(handle, reqs, dopts, ropts, before_batch=hook)
+    if longform is not None:
+        from babelora.decode.longform import transcribe_long
+
+        results = transcribe_long(handle, reqs, dopts, ropts, longform, before_batch=hook)
+    else:
+        results = decode_requests(handle, reqs, dopts, ropts, before_batch=hook)
     for i, (req, res) in enumerate(zip(reqs, results)):
-        if detections is not None and detections[i] is not None:
+        if detections[i] is not None:
             res.extra["lang_prob"] = round(detections[i].prob, 4)
         if adapter is not None and res.error is None:
             res.extra["expert"] = expert_label(adapter, req, missing)
@@ -185,17 +295,36 @@ def _language_mode(args: argparse.Namespace, handle, default: str | None) -> str
     if args.lid:
         return None
     lang = args.language or default
+    if getattr(args, "speech_llm", None) and lang == AUTO:
+        raise BabeloraError("--speech-llm needs the spoken language: pass --language LANG")
     if lang != AUTO:
         return lang
     check_detectable(handle)
     return AUTO
 
 
+def _check_unlabelled(manifest, handle, unlabelled) -> None:
+    """Rows without a language are decoded with Whisper's LID: an English-only model cannot."""
+    from babelora.decode.language import is_multilingual
+
+    if not is_multilingual(handle):
+        raise LanguageError(
+            f"{manifest}: {len(unlabelled)} rows have no 'lang' (first: {unlabelled[0].id!r}) "
+            f"and {handle.name} is English-only, so it cannot identify their language; add "
+            "'lang', pass --lid DIR (a trained LID head) or --language LANG, or use --model base"
+        )
+
+
 def _options(args: argparse.Namespace) -> tuple[DecodeOptions, RunnerOptions]:
     if args.beam_size < 1:
         raise BabeloraError(f"--beam-size must be >= 1, got {args.beam_size}")
     return (
-        DecodeOptions(beam_size=args.beam_size, max_new_tokens=args.max_new_tokens),
+        DecodeOptions(
+            beam_size=args.beam_size,
+            max_new_tokens=args.max_new_tokens,
+            kv_cache=args.kv_cache,
+            graphs=args.graphs,
+        ),
         RunnerOptions(
             batch_seconds=args.batch_seconds,
             pad_to_30s=args.pad_to_30s,
@@ -229,14 +358,100 @@ def _report(results, out: str | None) -> int:
     return 0
 
 
+def _longform_options(args: argparse.Namespace):
+    """LongformOptions from the command line, or None for plain (untimed) decoding."""
+    if not (args.timestamps or args.output_format):
+        return None
+    from babelora.decode.longform import LongformOptions
+    from babelora.decode.vad import VadOptions
+
+    if args.no_speech_threshold is not None and not 0.0 <= args.no_speech_threshold <= 1.0:
+        raise BabeloraError(
+            f"--no-speech-threshold must be between 0 and 1, got {args.no_speech_threshold}"
+        )
+    if args.vad_min_silence <= 0:
+        raise BabeloraError(f"--vad-min-silence must be > 0 seconds, got {args.vad_min_silence}")
+    vad = VadOptions(args.vad, min_silence_seconds=args.vad_min_silence) if args.vad else None
+    return LongformOptions(
+        condition_on_previous_text=not args.no_condition_on_previous_text,
+        initial_prompt=args.initial_prompt,
+        no_speech_threshold=args.no_speech_threshold,
+        vad=vad,
+    )
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path] | None:
+    """Where each input's transcript goes with --output-format (None: stdout, one input).
+
+    `--out` is a folder (it exists as one, ends with '/', or there are several inputs; each
+    input gives `<stem>.<format>` there) or, for one input, a file."""
+    fmt, files = args.output_format, [Path(f) for f in args.files]
+    if not args.out:
+        if len(files) > 1:
+            raise BabeloraError(
+                f"--output-format {fmt} with {len(files)} inputs: give --out FOLDER for the "
+                "transcripts (one file per input)"
+            )
+        return None
+    out = Path(args.out)
+    if len(files) == 1 and not (out.is_dir() or args.out.endswith(("/", "\\"))):
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise BabeloraError(f"--out {out}: not a folder (with several inputs --out is a folder)")
+    paths = [out / f"{f.stem}.{fmt}" for f in files]
+    seen: dict[Path, Path] = {}
+    for f, path in zip(files, paths):
+        if path in seen:
+            raise BabeloraError(
+                f"{seen[path]} and {f} would both be written to {path}; rename one or decode "
+                "them separately"
+            )
+        seen[path] = f
+    return paths
+
+
+def _write_transcripts(results, args: argparse.Namespace, paths: list[Path] | None) -> int:
+    """Write each result in --output-format (to its path, or stdout); report failures."""
+    from babelora.decode.subtitles import render
+
+    for i, res in enumerate(results):
+        if res.error is not None:
+            continue
+        content = render(
+            args.output_format,
+            res.hypothesis,
+            res.extra.get("segments", []),
+            language=res.lang,
+            duration=round(res.audio_seconds, 3),
+        )
+        if paths is None:
+            sys.stdout.write(content)
+            continue
+        paths[i].parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths[i].with_name(paths[i].name + ".tmp")
+        tmp.write_text(content, encoding="utf-8")
+        tmp.replace(paths[i])
+        print(f"wrote {paths[i]}", file=sys.stderr)
+    failed = [r for r in results if r.error]
+    for res in failed:
+        print(f"error: {_named(res)}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(results)} items failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _files_cmd(args: argparse.Namespace, task: str) -> int:
     from babelora.decode.language import AUTO, is_multilingual
 
     lang = args.language if args.language in (None, AUTO) else check_lang(args.language)
     target = check_lang(args.to) if task == "st" else None
     _lid_langs(args)
+    longform = _longform_options(args)
+    paths = _output_paths(args) if args.output_format else None
     handle, adapter = _load(args)
-    lang = _language_mode(args, handle, AUTO if is_multilingual(handle) else "en")
+    multilingual = bool(args.speech_llm) or is_multilingual(handle)
+    lang = _language_mode(args, handle, AUTO if multilingual else "en")
     reqs = [
         Request(
             id=Path(f).name if args.short_ids else str(f),
@@ -247,7 +462,9 @@ def _files_cmd(args: argparse.Namespace, task: str) -> int:
         )
         for f in args.files
     ]
-    results = _decode(args, handle, adapter, reqs, auto=lang == AUTO)
+    results = _decode(args, handle, adapter, reqs, auto=lang == AUTO, longform=longform)
+    if args.output_format:
+        return _write_transcripts(results, args, paths)
     return _report(results, args.out)
 
 
@@ -261,12 +478,12 @@ def translate(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     errors: list[ManifestError] = []
-    utts = read_manifest(args.manifest, data_root=args.data_root, errors=errors)
+    utts = read_manifest(args.manifest, data_root=args.data_root, errors=errors, require_lang=False)
     for err in errors:
         print(f"skipped: {err}", file=sys.stderr)
-    if args.langs:
+    if args.langs:  # rows without a language stay: Whisper's LID picks among --langs for them
         keep = {check_lang(x) for x in args.langs.split(",")}
-        utts = [u for u in utts if u.lang in keep]
+        utts = [u for u in utts if u.lang is None or u.lang in keep]
     if args.task:
         utts = [u for u in utts if u.task == args.task]
     if args.limit is not None:
@@ -279,28 +496,35 @@ def evaluate(args: argparse.Namespace) -> int:
         check_lang(args.language)
     handle, adapter = _load(args)
     mode = _language_mode(args, handle, None)
-    agnostic = bool(args.lid) or mode == AUTO
-    # language-agnostic: the manifest's language is never read (only scoring uses it)
+    unlabelled = [u for u in utts if u.lang is None]
+    if mode is None and not args.lid and unlabelled:
+        _check_unlabelled(args.manifest, handle, unlabelled)
+    # predicted rows: --lid / --language auto (all), or the rows without a language (default)
+    flags = [bool(args.lid) or mode == AUTO or (mode is None and u.lang is None) for u in utts]
+    agnostic = all(flags)
+    # a predicted row's manifest language is never read (only scoring uses it)
     reqs = [
-        Request(u.id, u.audio_filepath, "" if agnostic else (mode or u.lang), u.task, u.target_lang)
-        for u in utts
+        Request(u.id, u.audio_filepath, "" if f else (mode or u.lang), u.task, u.target_lang)
+        for u, f in zip(utts, flags)
     ]
-    results = _decode(args, handle, adapter, reqs, auto=mode == AUTO)
+    results = _decode(args, handle, adapter, reqs, auto=[f and not args.lid for f in flags])
     out = Path(args.out)
     write_results(results, out / "hypotheses.jsonl")
     from babelora.evaluate.report import score_results, skipped_lines, write_report
 
     report = score_results(utts, [r.to_json() for r in results])
     report.setdefault("meta", {}).update(
-        model=handle.name,
+        model=f"speech-llm:{args.speech_llm}" if args.speech_llm else handle.name,
         beam_size=args.beam_size,
         manifest=str(args.manifest),
-        lang_source="predicted" if agnostic else "given",
-        decoding="language-agnostic" if agnostic else "language-aware",
+        lang_source="predicted" if agnostic else "mixed" if any(flags) else "given",
+        decoding="language-agnostic" if agnostic else "mixed" if any(flags) else "language-aware",
         experts=args.experts,
-        lid=args.lid or ("whisper" if mode == AUTO else None),
+        lid=args.lid or ("whisper" if any(flags) else None),
     )
-    if mode == AUTO and args.langs:
+    if unlabelled:
+        report["meta"]["rows_without_lang"] = len(unlabelled)
+    if any(flags) and not args.lid and args.langs:
         report["meta"]["lid_langs"] = ",".join(_lid_langs(args) or [])
     if args.experts:
         report["meta"]["missing_expert"] = args.missing_expert
@@ -338,8 +562,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         if name == "translate":
             p.add_argument("--to", default="en", help="target language (default en)")
-        p.add_argument("--out", "-o", default=None, help="write JSONL results here")
+        p.add_argument(
+            "--out",
+            "-o",
+            default=None,
+            help="write JSONL results here; with --output-format: the transcript file (one "
+            "input) or a folder that gets <name>.<format> per input",
+        )
         p.add_argument("--short-ids", action="store_true", help="use file names as ids")
+        _add_longform_args(p)
         _add_model_args(p)
         p.set_defaults(func=func)
     p = sub.add_parser("evaluate", help="decode a manifest and score it per language")

@@ -1,10 +1,12 @@
 """The JSONL manifest: one utterance a line, NeMo-compatible field names plus language and task.
 
 Fields (shared/DESIGN.md): `id`, `audio_filepath` (relative to the manifest's folder, or absolute),
-`duration` (s), `lang` (ISO 639-1), `task` (`asr` | `st`), `text` (transcript in `lang`),
-`translation` + `target_lang` (ST), optional `segments` [{start, end, lang}] for code-switched
-audio, optional `source` (provenance). Readers validate every line and name file, line and field
-in the error; common aliases from other toolkits (`wav`, `audio`, `key`, `sentence`, ...) load.
+`duration` (s), `lang` (ISO 639-1; optional where read with `require_lang=False`: evaluation
+predicts a missing language with Whisper's LID, training refuses the row), `task` (`asr` | `st`),
+`text` (transcript in `lang`), `translation` + `target_lang` (ST), optional `segments`
+[{start, end, lang}] for code-switched audio, optional `source` (provenance). Readers validate
+every line and name file, line and field in the error; common aliases from other toolkits
+(`wav`, `audio`, `key`, `sentence`, ...) load.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Utterance:
     id: str
     audio_filepath: str
     duration: float
-    lang: str
+    lang: str | None  # None: not given (only where read with require_lang=False)
     task: str = "asr"
     text: str = ""
     translation: str | None = None
@@ -61,8 +63,8 @@ class Utterance:
         return self.translation if self.task == "st" and self.translation is not None else self.text
 
     @property
-    def output_lang(self) -> str:
-        """Language of `reference`."""
+    def output_lang(self) -> str | None:
+        """Language of `reference` (None: an ASR row whose language is not given)."""
         return self.target_lang if self.task == "st" and self.target_lang else self.lang
 
     def to_json(self, relative_to: str | Path | None = None) -> dict[str, Any]:
@@ -92,8 +94,10 @@ def parse_line(
     base_dir: Path,
     data_root: Path | None = None,
     langs: Iterable[str] | None = None,
+    require_lang: bool = True,
 ) -> Utterance:
-    """Validate one decoded JSON object; `where` is `file:line` for error messages."""
+    """Validate one decoded JSON object; `where` is `file:line` for error messages. Without
+    `require_lang` a row may leave out `lang` (then `Utterance.lang` is None)."""
     if not isinstance(row, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(row).__name__}")
 
@@ -120,10 +124,17 @@ def parse_line(
     if not math.isfinite(duration) or duration <= 0:
         raise ManifestError(f"{where}: field 'duration' must be a positive number, got {duration}")
     allowed = tuple(langs) if langs is not None else None
-    try:
-        lang = check_lang(need("lang", (str,)), allowed)
-    except LanguageError as err:
-        raise ManifestError(f"{where}: field 'lang': {err}") from None
+    lang = need("lang", (str,), required=False)
+    if lang is None and require_lang:
+        raise ManifestError(
+            f"{where}: field 'lang' is missing (id {uid!r}); training needs each utterance's "
+            "language (only `babelora evaluate` can predict it, with Whisper's LID)"
+        )
+    if lang is not None:
+        try:
+            lang = check_lang(lang, allowed)
+        except LanguageError as err:
+            raise ManifestError(f"{where}: field 'lang': {err}") from None
     task = need("task", (str,), required=False) or "asr"
     if task not in TASKS:
         raise ManifestError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
@@ -209,9 +220,12 @@ def iter_manifest(
     data_root: str | Path | None = None,
     langs: Iterable[str] | None = None,
     errors: list[ManifestError] | None = None,
+    require_lang: bool = True,
 ) -> Iterator[Utterance]:
     """Yield validated utterances. With `errors` given, bad lines are collected there and skipped;
-    otherwise the first bad line raises ManifestError naming file, line and field."""
+    otherwise the first bad line raises ManifestError naming file, line and field.
+    `require_lang=False` accepts rows without `lang` (for decoding and evaluation; a `langs`
+    restriction then applies to the rows that have one)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
@@ -231,7 +245,7 @@ def iter_manifest(
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ManifestError(f"{where}: not valid JSON ({err.msg})") from None
-                utt = parse_line(row, where, base_dir, root, langs)
+                utt = parse_line(row, where, base_dir, root, langs, require_lang)
                 if utt.id in seen:
                     raise ManifestError(f"{where}: field 'id' {utt.id!r} is a duplicate")
                 seen.add(utt.id)

@@ -122,10 +122,29 @@ def expert_label(adapter, request: Request, missing: str = "error") -> str:
     return "shared" if cfg.num_shared else "base"
 
 
+def posterior_row(adapter, request: Request, missing: str = "error") -> tuple[float, ...]:
+    """The expert weights of one row in a posterior-weighted batch: its `lang_probs`, or, for a
+    row whose language was given (a manifest that gives some rows' languages and not others'),
+    one-hot on the experts of that language. A given row routed to no expert cannot share a
+    posterior batch: LanguageError."""
+    if request.lang_probs is not None:
+        return tuple(float(p) for p in request.lang_probs)
+    known = list(adapter.context.languages)
+    lang = route_lang(adapter, request.lang, missing)
+    if lang is None or lang not in known:
+        raise LanguageError(
+            f"{request.id}: language {request.lang!r} is given but has no experts, and the other "
+            "utterances are weighted by the LID posterior; use --lid-mode argmax, or give or "
+            "leave out the language of every utterance"
+        )
+    return tuple(1.0 if code == lang else 0.0 for code in known)
+
+
 def adapter_batch_hook(adapter, missing: str = "error") -> BatchHook:
     """A `before_batch` hook for decode_requests: route each row by its Request's language (or
-    `lang_probs` posterior when every row has one), cache per-utterance decisions over the
-    decoding steps, and keep the routing rows aligned with beams and finished rows.
+    by `lang_probs` posteriors when a row has one: see `posterior_row`), cache per-utterance
+    decisions over the decoding steps, and keep the routing rows aligned with beams and finished
+    rows.
 
     A language without experts raises LanguageError unless `missing` says what to do ("base":
     no language experts; a language code: its experts)."""
@@ -134,8 +153,8 @@ def adapter_batch_hook(adapter, missing: str = "error") -> BatchHook:
 
     def before(reqs: list[Request], feature_lens: torch.Tensor, frames: int) -> Sequence[RowHook]:
         masks = {"encoder": encoder_mask(feature_lens, frames)}
-        if reqs and all(r.lang_probs is not None for r in reqs):
-            probs = torch.tensor([r.lang_probs for r in reqs], dtype=torch.float32)
+        if any(r.lang_probs is not None for r in reqs):
+            probs = torch.tensor([posterior_row(adapter, r, missing) for r in reqs])
             adapter.set_routing(
                 lang_probs=probs.to(feature_lens.device), masks=masks, decoding=True
             )

@@ -99,6 +99,12 @@ def compare(
     references = [to_reference(r, f"references[{i}]") for i, r in enumerate(refs)]
     if not references:
         raise ManifestError("no references to compare on")
+    unlabelled = [r.id for r in references if not r.labelled]
+    if unlabelled:  # two systems may predict different languages: no common row to pair in
+        raise ManifestError(
+            f"comparing systems needs each reference's language: {len(unlabelled)} manifest "
+            f"rows have none (first: {unlabelled[0]!r}); add 'lang' to them"
+        )
     if not config.allow_missing:
         _check_complete(references, hyps_a, "A")
         _check_complete(references, hyps_b, "B")

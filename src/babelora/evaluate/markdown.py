@@ -135,6 +135,23 @@ def _lid(report: Mapping[str, Any]) -> list[str]:
     return out + _table(["true \\ predicted", *cols, "mean p"], lines)
 
 
+def _unlabelled(report: Mapping[str, Any]) -> list[str]:
+    """Outputs whose reference had no language: scored under the predicted one, no LID truth."""
+    n = report["counts"].get("unlabelled", 0)
+    unscored = report["counts"].get("unscored", 0)
+    if not n and not unscored:
+        return []
+    per_row = [f"{r['name']} {r['unlabelled']}" for r in report["rows"] if r.get("unlabelled")]
+    rows = ", ".join(per_row)
+    line = (
+        f"Without a language in the manifest: {n} outputs, each scored under the language Whisper "
+        f"predicted for it ({rows or 'none'}) and left out of the LID accuracy."
+    )
+    if unscored:
+        line += f" {unscored} more had no predicted language either (failed) and are not scored."
+    return [line]
+
+
 def _skipped(skipped: list[Mapping[str, Any]]) -> list[str]:
     """The manifest lines that were not scored, and why (not counted in any n)."""
     if not skipped:
@@ -168,6 +185,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         f"Counts: {c['references']} references, {c['hypotheses']} hypotheses, {c['scored']} "
         f"scored, {c['missing']} missing, {c['extra']} extra, {c['failed']} failed."
     )
+    out += _unlabelled(report)
     used = [r for r in report["rows"] if r["lang_used_accuracy"] is not None]
     if used:
         acc = ", ".join(f"{r['name']} {r['lang_used_accuracy']:.1f}" for r in used)

@@ -8,6 +8,9 @@ its language-confusion rate (share of outputs whose detected language is not the
 language; `langid.py`), and whether the decoding language was given (oracle) or predicted; where
 it was predicted (a LID head, or Whisper's own LID), the LID accuracy against the true source
 language, its confusion matrix (`lang_used_counts`) and mean probability (`lang_prob`).
+A reference whose language the manifest does not give (read with `require_lang=False`) is scored
+under the language its hypothesis was decoded in (Whisper's LID), counted in `unlabelled`, and
+left out of the LID accuracy (there is no truth to compare with).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -63,11 +66,14 @@ class Reference:
     task: str
     text: str
     output_lang: str
+    labelled: bool = True  # False: the manifest gave no language (`lang` is the predicted one)
 
 
 def to_reference(item: Utterance | Mapping[str, Any], where: str = "reference") -> Reference:
     """A Reference from an Utterance or a manifest-like dict (id, lang, task, text, ...)."""
     if isinstance(item, Utterance):
+        if item.lang is None:  # resolved from its hypothesis in `score`
+            return Reference(item.id, "", item.task, item.reference, item.output_lang or "", False)
         return Reference(item.id, item.lang, item.task, item.reference, item.output_lang)
     if not isinstance(item, Mapping):
         raise ManifestError(f"{where}: expected an Utterance or a dict, got {type(item).__name__}")
@@ -119,6 +125,7 @@ class Row:
     failed: int = 0  # decoding errors, scored as empty outputs
     missing: int = 0  # no hypothesis, scored as empty outputs (allow_missing)
     experts: dict[str, int] = field(default_factory=dict)  # what decoded the outputs (expert sets)
+    unlabelled: int = 0  # outputs without a manifest language, grouped here by the predicted one
 
     @property
     def name(self) -> str:
@@ -246,13 +253,14 @@ def _score_row(key: tuple[str, str, str], items: list[tuple], config: ScoreConfi
     row.wrong_langs = dict(Counter(c.detected for c in judged if c.wrong).most_common())
     sources = {h.lang_source or config.lang_source or "unknown" for _, h, _ in items}
     row.lang_source = sources.pop() if len(sources) == 1 else "mixed"
-    used = [h.lang_used for _, h, _ in items if h.lang_used]
+    used = [h.lang_used for r, h, _ in items if h.lang_used and r.labelled]
     if used:
         row.lang_used_accuracy = 100.0 * sum(u == lang for u in used) / len(used)
         row.lang_used_counts = _by_count(Counter(used))
     row.lang_prob = _mean([h.lang_prob for _, h, _ in items])
     row.failed = sum(h.error is not None for _, h, _ in items)
     row.experts = _by_count(Counter(h.expert for _, h, _ in items if h.expert))
+    row.unlabelled = sum(not r.labelled for r, _, _ in items)
     return row
 
 
@@ -335,6 +343,7 @@ def score(
     if extra:
         log.warning("%d hypotheses match no reference and are ignored: %s", len(extra), _ids(extra))
     pairs = [(r, by_id.get(r.id) or Hypothesis(r.id, "")) for r in references]
+    pairs, unscored = _resolve_unlabelled(pairs)
     checks = _lang_checks(pairs, config) if config.langid and pairs else [None] * len(pairs)
     groups: dict[tuple[str, str, str], list[tuple]] = {}
     for (ref, hyp), check in zip(pairs, checks):
@@ -352,11 +361,36 @@ def score(
         "extra": len(extra),
         "failed": sum(r.failed for r in rows),
     }
+    if any(not r.labelled for r in references):  # a manifest with rows without a language
+        counts["unlabelled"] = sum(r.unlabelled for r in rows)
+        counts["unscored"] = len(unscored)  # no language given nor predicted (failed before LID)
     settings = asdict(config) | {"mecab_available": metrics.mecab_available()}
     experts = sum((Counter(r.experts) for r in rows), Counter())
     report = Report(rows, _averages(rows), counts, missing, extra, settings)
     report.experts = _by_count(experts)
     return report
+
+
+def _resolve_unlabelled(pairs: list[tuple[Reference, Hypothesis]]) -> tuple[list, list[str]]:
+    """References without a manifest language take the language their hypothesis was decoded
+    in; those whose hypothesis has none (audio that failed before LID) cannot be scored per
+    language: their ids are returned, they are left out."""
+    out, unscored = [], []
+    for ref, hyp in pairs:
+        if ref.labelled:
+            out.append((ref, hyp))
+        elif hyp.lang_used is None:
+            unscored.append(ref.id)
+        else:
+            lang = hyp.lang_used
+            out.append((replace(ref, lang=lang, output_lang=ref.output_lang or lang), hyp))
+    if unscored:
+        log.warning(
+            "%d utterances have no language (manifest or prediction) and are not scored: %s",
+            len(unscored),
+            _ids(unscored),
+        )
+    return out, unscored
 
 
 def _by_count(counts: Counter) -> dict[str, int]:
