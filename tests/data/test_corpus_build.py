@@ -222,11 +222,11 @@ def test_resume_after_a_kill_finishes_without_duplicates(tiny, tmp_path, monkeyp
     real = render.render
     calls = {"n": 0}
 
-    def dying(job, root):
+    def dying(job, root, *rest):
         calls["n"] += 1
         if calls["n"] > 12:
             raise KeyboardInterrupt  # the process is killed part-way
-        return real(job, root)
+        return real(job, root, *rest)
 
     monkeypatch.setattr(render, "render", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -252,15 +252,56 @@ def test_damaged_clips_are_rendered_again_and_counted(tiny, tmp_path, capsys, ca
     data = wavs[0].read_bytes()
     wavs[0].write_bytes(data[: 44 + (len(data) - 44) // 2])  # a partial copy
     wavs[1].write_bytes(b"RIFF" + bytes(300))  # garbage under a clip's name
+    frames = sf.info(str(wavs[2])).frames
+    sf.write(str(wavs[2]), np.zeros(frames, np.float32), SAMPLE_RATE, subtype="PCM_16")  # silent
     total = len(list((tiny / "audio").rglob("*.wav")))
     args = ["corpus", "build", "--langs", ",".join(LANGS), "--size", "tiny", "--jobs", "1"]
     assert main([*args, "--noise", ",".join(NOISE), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"0 clips rendered, {total - 2} reused, 2 re-rendered (found damaged)" in printed
+    assert f"0 clips rendered, {total - 3} reused, 3 re-rendered (found damaged)" in printed
     assert _audio_hashes(out) == _audio_hashes(tiny)
     assert _manifest_bytes(out) == _manifest_bytes(tiny)
     damaged = [r.getMessage() for r in caplog.records if "damaged clip" in r.getMessage()]
-    assert len(damaged) == 2 and "truncated" in " ".join(damaged)
+    assert len(damaged) == 3 and "truncated" in " ".join(damaged)
+    assert "silent" in " ".join(damaged)
+
+
+def test_silent_clips_are_left_out_with_their_rows_and_counted(tiny, tmp_path, capsys, monkeypatch):
+    """A synthesizer that speaks a sentence (or one span of a code-switched clip) as silence:
+    the clip is not written, no manifest row points at it (nor at a noisy copy of it), and the
+    build says how many clips and rows were left out."""
+    plan = build_module.plan_corpus(_cfg())
+    speech = sorted(j.spans[0][1] for j in plan.jobs.values() if len(j.spans) == 1)
+    cs = sorted(j.spans[-1][1] for j in plan.jobs.values() if j.is_codeswitch)
+    mute = {speech[0], speech[1], cs[0]}
+    real = render.synthesize
+
+    def muted(text, settings):
+        wave = real(text, settings)
+        return wave * 1e-4 if text in mute else wave
+
+    monkeypatch.setattr(render, "synthesize", muted)
+    out = tmp_path / "silent"
+    args = ["corpus", "build", "--langs", ",".join(LANGS), "--size", "tiny", "--jobs", "1"]
+    assert main([*args, "--noise", ",".join(NOISE), "--out", str(out)]) == 0
+    silent = {p for p, j in plan.jobs.items() if j.spans and any(t in mute for _, t in j.spans)}
+    assert len(silent) >= 3
+    stats = json.loads((out / "card.json").read_text("utf-8"))
+    noisy = {p for p, j in plan.jobs.items() if j.noise is not None and j.noise.base in silent}
+    assert set(stats["silent_clips"]) >= silent and stats["silent_rows"] > 0
+    printed = capsys.readouterr().out
+    assert f"{len(stats['silent_clips'])} silent (left out with their lines)" in printed
+    rows = 0
+    for name in MANIFESTS:
+        for u in read_manifest(out / f"{name}.jsonl"):
+            rel = Path(u.audio_filepath).relative_to(out).as_posix()
+            assert rel not in silent and rel not in noisy
+            wave, _ = sf.read(u.audio_filepath, dtype="float32")
+            assert np.abs(wave).max() > render.SILENCE_PEAK
+            rows += 1
+    full = sum(len(read_manifest(tiny / f"{n}.jsonl")) for n in MANIFESTS)
+    assert rows == full - stats["silent_rows"]
+    assert not any((out / p).exists() for p in silent)
 
 
 def test_bad_languages_and_config():

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fo
 psutil = pytest.importorskip("psutil")
 
 
-def _hang(job: ClipJob, root: str) -> None:
+def _hang(job: ClipJob, root: str, *rest: object) -> None:
     """A clip that takes forever: announces its worker's pid, then sleeps."""
     (Path(root) / f"{os.getpid()}.pid").touch()
     time.sleep(120)

@@ -173,3 +173,19 @@ def test_empty_text_and_engine_failures_are_audio_errors(monkeypatch):
         pico.synthesize("Hallo", "xx-XX")
     with pytest.raises(AudioError, match="empty"):
         espeak.speak(" ", ["-v", "de"], "de")
+
+
+def test_espeak_resampling_matches_the_library_resampler():
+    """`espeak.to_16k` designs resample_poly's filter once per rate pair instead of per clip; its
+    samples must equal babelora.data.audio.resample (scipy's own filter design) exactly."""
+    from babelora.data.audio import resample
+
+    rng = np.random.default_rng(0)
+    for rate in (22050, 44100, 24000):
+        for n in (1, 7, 4410, 77471):
+            x = rng.standard_normal(n).astype(np.float32)
+            got = espeak.to_16k(x, rate)
+            assert got.dtype == np.float32
+            assert np.array_equal(got, resample(x, rate, SAMPLE_RATE)), (rate, n)
+    x = rng.standard_normal(100).astype(np.float32)
+    assert np.array_equal(espeak.to_16k(x, SAMPLE_RATE), x)

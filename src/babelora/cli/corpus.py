@@ -178,7 +178,8 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"{path}: {m['lines']} lines, {m['hours']:.3f} h")
     print(
         f"{result.rendered} clips rendered, {result.reused} reused, {result.rerendered} "
-        f"re-rendered (found damaged), {result.seconds:.1f} s"
+        f"re-rendered (found damaged), {result.silent} silent (left out with their lines), "
+        f"{result.seconds:.1f} s"
     )
     print(f"dataset card: {result.out / 'README.md'}")
     return 0

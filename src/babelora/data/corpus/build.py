@@ -33,6 +33,7 @@ from babelora.data.corpus.render import (
     RENDERED,
     RERENDERED,
     REUSED,
+    SILENT,
     TMP_MARK,
     ClipInfo,
     ClipJob,
@@ -60,6 +61,7 @@ class BuildResult:
     reused: int = 0  # clips found whole
     removed: list[str] = field(default_factory=list)
     rerendered: int = 0  # clips found damaged (e.g. truncated) and made again
+    silent: int = 0  # clips the synthesizer spoke as silence (not written, rows left out)
 
 
 def available_languages() -> tuple[str, ...]:
@@ -267,6 +269,8 @@ def _utterances(plan: _Plan, infos: dict[str, ClipInfo], out: Path, name: str) -
     utts = []
     for row, path in plan.rows.get(name, []):
         info = infos[path]
+        if info.status == SILENT:
+            continue
         row = dict(row)
         speech = plan.speech[path]
         row["source"] = {**row["source"], "speaker": speech["speaker"], "speech": speech}
@@ -331,7 +335,8 @@ def _build(
         bar = tqdm(total=len(todo), desc="corpus audio", unit="clip")
     tick = bar.update if bar is not None else None
     infos = render_all(first, out, jobs, tick)
-    infos.update(render_all(second, out, jobs, tick))
+    silent = frozenset(p for p, info in infos.items() if info.status == SILENT)
+    infos.update(render_all(second, out, jobs, tick, silent))
     if bar is not None:
         bar.close()
     manifests = {}
@@ -341,19 +346,27 @@ def _build(
     removed = _remove_orphans(out, keep)
     read = {name: read_manifest(path) for name, path in manifests.items()}  # validates the output
     stats = corpus_stats(read, cfg)
+    stats["silent_clips"] = sorted(p for p, info in infos.items() if info.status == SILENT)
+    stats["silent_rows"] = sum(
+        1 for rows in plan.rows.values() for _, p in rows if infos[p].status == SILENT
+    )
     seconds = time.perf_counter() - start
     dump_config(cfg, out / "config.yaml")
     write_card(out, render_card(stats, cfg, seconds, jobs, command), stats)
-    counts = {RENDERED: 0, REUSED: 0, RERENDERED: 0}
+    counts = {RENDERED: 0, REUSED: 0, RERENDERED: 0, SILENT: 0}
     for info in infos.values():
         counts[info.status] += 1
     log.info(
-        "corpus in %s: %d clips rendered, %d reused, %d re-rendered (damaged), %.1f s",
+        "corpus in %s: %d clips rendered, %d reused, %d re-rendered (damaged), %d silent "
+        "(left out), %.1f s",
         out,
         counts[RENDERED],
         counts[REUSED],
         counts[RERENDERED],
+        counts[SILENT],
         seconds,
     )
     rendered, reused, rerendered = counts[RENDERED], counts[REUSED], counts[RERENDERED]
-    return BuildResult(out, manifests, stats, seconds, rendered, reused, removed, rerendered)
+    return BuildResult(
+        out, manifests, stats, seconds, rendered, reused, removed, rerendered, counts[SILENT]
+    )

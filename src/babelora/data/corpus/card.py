@@ -109,6 +109,8 @@ human-made translations that ship inside Python and Debian packages, spoken by {
 - size preset `{size}`, seed {seed}, languages: en + {langs}
 - wall time {seconds:.0f} s with {jobs} worker process(es)
 - {hours:.2f} hours of audio (a clip shared by several lines counts once per manifest)
+- {silent} clip(s) came out of the synthesizer silent and were left out with their {silent_rows}
+  line(s) (`card.json`: `silent_clips`); no line points at missing or silent audio
 - the same config and seed give identical manifests and identical audio bytes
 
 ## Layout
@@ -250,6 +252,8 @@ def render_card(
         seconds=seconds,
         jobs=jobs,
         hours=stats["total_hours"],
+        silent=len(stats.get("silent_clips", ())),
+        silent_rows=stats.get("silent_rows", 0),
         count_table=_table(["lang", "task", *names], counts, left=2),
         size_table=_table(["manifest", "lines", "clips", "hours", "mean clip (s)"], sizes),
         weights=", ".join(f"{k} {v:g}" for k, v in sorted(cfg.source_weights.items())),

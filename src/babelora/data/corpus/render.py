@@ -34,6 +34,10 @@ from babelora.errors import AudioError
 log = logging.getLogger(__name__)
 TMP_MARK = ".tmp-"
 RENDERED, REUSED, RERENDERED = "rendered", "reused", "re-rendered"
+SILENT = "silent"
+SILENCE_PEAK = 1e-3
+"""Peak amplitude (-60 dBFS) under which synthesized speech counts as silent: such a clip is not
+written and its manifest rows are left out (counted), so no row points at silent audio."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ class ClipInfo:
     duration: float
     segments: list[dict[str, Any]] | None = None
     status: str = RENDERED
-    """RENDERED (new), REUSED (found complete) or RERENDERED (found damaged, made again)."""
+    """RENDERED (new), REUSED (found complete), RERENDERED (found damaged, made again) or SILENT
+    (the synthesizer gave silence: no file, rows left out)."""
 
 
 def clip_name(kind: str, lang: str, payload: Any) -> str:
@@ -110,8 +115,8 @@ def _read_wav(path: Path) -> np.ndarray:
 
 def _whole_frames(wav: Path) -> int | str:
     """An existing clip's frame count when it is whole, else why it cannot be reused: its header
-    must match the file's size (what babelora's reader checks) and it must decode, to the last
-    frame, to as many 16 kHz frames as the header declares."""
+    must match the file's size (what babelora's reader checks), it must decode, to the last
+    frame, to as many 16 kHz frames as the header declares, and it must not be silent."""
     import soundfile as sf
 
     try:
@@ -121,12 +126,14 @@ def _whole_frames(wav: Path) -> int | str:
         short = wav_shortfall(wav)
         if short:
             return f"truncated: {short}"
-        frames = len(sf.read(str(wav), dtype="int16", always_2d=True)[0])
+        data = sf.read(str(wav), dtype="int16", always_2d=True)[0]
     except (RuntimeError, sf.LibsndfileError, ValueError, TypeError, OSError) as err:
         return f"does not decode ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    if frames != info.frames:
-        return f"decodes to {frames} frames, its header declares {info.frames}"
-    return frames
+    if len(data) != info.frames:
+        return f"decodes to {len(data)} frames, its header declares {info.frames}"
+    if int(np.abs(data.astype(np.int32)).max()) < SILENCE_PEAK * 32768:
+        return "silent (peak below -60 dBFS)"
+    return len(data)
 
 
 def _existing(job: ClipJob, root: Path) -> ClipInfo | str | None:
@@ -150,9 +157,18 @@ def _existing(job: ClipJob, root: Path) -> ClipInfo | str | None:
     return ClipInfo(job.path, frames / SAMPLE_RATE, segments, REUSED)
 
 
-def render(job: ClipJob, root: str | Path) -> ClipInfo:
-    """Make one clip under `root` unless it is already there; return its info."""
+def is_silent(wave: np.ndarray) -> bool:
+    """True for audio without a sample above SILENCE_PEAK (or with non-finite samples)."""
+    return wave.size == 0 or not np.isfinite(wave).all() or float(np.abs(wave).max()) < SILENCE_PEAK
+
+
+def render(job: ClipJob, root: str | Path, silent: frozenset[str] = frozenset()) -> ClipInfo:
+    """Make one clip under `root` unless it is already there; return its info. A clip whose
+    speech (any span of it) comes out silent, or a noisy copy of a clip in `silent`, is not
+    written: its info has status SILENT."""
     root = Path(root)
+    if job.noise is not None and (job.noise.base in silent or set(job.noise.talkers) & silent):
+        return ClipInfo(job.path, 0.0, None, SILENT)
     done = _existing(job, root)
     if isinstance(done, ClipInfo):
         return done
@@ -169,9 +185,14 @@ def render(job: ClipJob, root: str | Path) -> ClipInfo:
         wave = mix_at_snr(clean, make_noise(spec.kind, len(clean), rng, talkers), spec.snr_db)
     elif job.settings is not None and len(job.spans) == 1:
         wave = synthesize(job.spans[0][1], job.settings)
+        if is_silent(wave):
+            return _silent(job, job.spans[0][1])
     elif job.settings is not None and job.spans:
         voices = dict(job.voices)
         waves = [synthesize(text, voices.get(lang, job.settings)) for lang, text in job.spans]
+        for (_, text), span in zip(job.spans, waves):
+            if is_silent(span):
+                return _silent(job, text)
         wave, segments = join_spans(waves, [lang for lang, _ in job.spans], job.pause)
         meta = {"segments": segments, "spans": job.spans, "settings": asdict(job.settings)}
         meta["voices"] = {lang: asdict(s) for lang, s in job.voices}
@@ -185,7 +206,12 @@ def render(job: ClipJob, root: str | Path) -> ClipInfo:
     return ClipInfo(job.path, len(wave) / SAMPLE_RATE, segments, status)
 
 
-def _render_star(args: tuple[ClipJob, str]) -> ClipInfo:
+def _silent(job: ClipJob, text: str) -> ClipInfo:
+    log.warning("%s: %s spoke %r as silence; its rows are left out", job.path, job.settings, text)
+    return ClipInfo(job.path, 0.0, None, SILENT)
+
+
+def _render_star(args: tuple[ClipJob, str, frozenset[str]]) -> ClipInfo:
     return render(*args)
 
 
@@ -194,10 +220,12 @@ def render_all(
     root: str | Path,
     workers: int = 2,
     progress: Callable[[int], None] | None = None,
+    silent: frozenset[str] = frozenset(),
 ) -> dict[str, ClipInfo]:
-    """Render `jobs` with a pool of `workers` processes (1: in this process); {path: info}."""
+    """Render `jobs` with a pool of `workers` processes (1: in this process); {path: info}.
+    `silent`: clips found silent earlier (noisy copies of them are skipped)."""
     out: dict[str, ClipInfo] = {}
-    args = [(job, str(root)) for job in jobs]
+    args = [(job, str(root), silent) for job in jobs]
     if workers <= 1 or len(jobs) < 2:
         results = map(_render_star, args)
         for info in results:
