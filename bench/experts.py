@@ -1,497 +1,570 @@
-"""LoRA language experts (Interspeech 2025) vs baselines, side by side on the offline corpus.
+"""LoRA language experts (Interspeech 2025) vs standard fine-tuning on Whisper base, to the
+evaluation protocol of docs/benchmarks.md.
 
-Systems (same training data, optimizer-step budget, batch size and test subset for all):
-  base         zero-shot tiny.en (its own prompt, the decoder's best 10 s padding)
-  joint_lora   one LoRA on all languages, rank = expert rank x languages (matched parameters)
-  full         full fine-tuning
-  experts      one LoRA expert per language, language-aware (given language routes the expert)
-  experts_lid  the same experts, language-agnostic: a LID head on the base encoder predicts the
-               language, which routes the expert AND sets the prompt's language token
-  fused        the experts fused in weight space with per-layer weights learned on dev data
-               (experts frozen), one PEFT adapter; the prompt carries the given language
-  distilled    one student LoRA (rank = joint LoRA's) trained with CE + lambda T^2 KL to the
-               utterance's own expert; the prompt carries the given language
-Training data: ASR and ST X->en rows of the expert languages. Metrics: per-language WER (ASR)
-and BLEU (ST X->en) on `--eval-per-lang` test utterances per language and task; wall time and
-peak RSS (each system runs in its own process; the peak covers its training and decoding).
-Configs: configs/experts/*.yaml with the overrides below (the JSON records them).
+Rows (each states what trains, from the run's run_info.json, and whether the language is given):
+  zero_shot      Whisper base, nothing trained; language given
+  full           standard fine-tuning (cpu: the decoder's weights, encoder frozen; full: whole
+                 model); language given
+  joint_lora     one LoRA on all languages, rank = expert rank x languages (matched parameters,
+                 same target linears); language given
+  experts        one LoRA expert per language; language given (gold token and expert)
+  experts_lid    the same experts, language-agnostic: Whisper base's own LID (first decoding
+                 step, candidates = the expert languages) sets the prompt's token and the expert
+  weight_fusion  the experts fused in weight space with per-layer weights fitted on dev data
+                 (experts frozen), one adapter; language-agnostic (predicted token)
+  gated_fusion   output-space gate over the frozen experts, fitted on dev; language-agnostic
+  distilled      one student LoRA (rank = joint LoRA's) trained with CE + T^2 KL to each
+                 utterance's own expert; language-agnostic
+Every language-agnostic row uses the same LID predictions (the base model's, computed once).
 
-    python bench/experts.py                      # default scale (about 15 min, 1 thread, idle)
-    python bench/experts.py --steps 20 --eval-per-lang 4 --out /tmp/x.json   # smoke run
+Data: the training rows (ASR and ST X->en of the six languages) of a corpus build (`--data`,
+the `large` build of the protocol), the fusion rows from its dev split; test sets: the build's
+unseen-speaker `test.jsonl`, its `test_noisy.jsonl` when present, and each `--real` manifest
+(Fish Fillets NG). Every difference (vs zero-shot, vs the standard fine-tune) is a paired
+bootstrap 95 % interval (1,000 resamples, seed 0). Per-utterance hypotheses are kept in
+`bench/results/experts/<system>.<test set>.jsonl.gz` beside each test set's sampled manifest
+(`<test set>.manifest.jsonl`), so any cell can be re-derived:
+
+    babelora score --manifest bench/results/experts/test.manifest.jsonl \\
+        --hyps bench/results/experts/experts.test.jsonl.gz \\
+        --baseline bench/results/experts/zero_shot.test.jsonl.gz
+
+Budgets (`--budget`; single options below override):
+  smoke  tiny random multilingual Whisper (base's tokenizer), a few steps and rows: 1-2 min
+  cpu    Whisper base, decoder-side training (experts on the `whisper-decoder` preset, the joint
+         LoRA on the decoder's same linears, full fine-tuning of the decoder) so every system
+         trains from the encoder-state cache; sized for < 60 min on 2 quiet cores (estimate in
+         the `cpu` budget's comment and in the results JSON)
+  full   Whisper base, whole-model training (encoder + decoder), all rows, seeds 0, 1, 2: a GPU
+
+    python bench/experts.py --budget smoke --data /tmp/corpus_default \\
+        --real /tmp/fil/fillets.nl.test.jsonl --work /tmp/bench_experts_smoke --out /tmp/x.json
+    python bench/experts.py --budget cpu --data /work/data/corpus_large \\
+        --real /tmp/fil/fillets.nl.test.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import logging
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from statistics import fmean, pstdev
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Stopwatch, read_jsonl, requests_of, write_json  # noqa: E402
+import protocol as P  # noqa: E402
+from common import log, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "experts"
-SYSTEMS = ("base", "joint_lora", "full", "experts", "experts_lid", "fused", "distilled")
-CONFIG_OF = {
-    "joint_lora": "joint_lora.yaml",
+LANGS = ("de", "fr", "es", "it", "nl", "pt")
+SYSTEMS = (
+    "zero_shot",
+    "full",
+    "joint_lora",
+    "experts",
+    "experts_lid",
+    "weight_fusion",
+    "gated_fusion",
+    "distilled",
+)
+TRAINED = {  # system -> config it trains from (experts_lid reuses the experts)
     "full": "full.yaml",
+    "joint_lora": "joint_lora.yaml",
     "experts": "experts_tiny.yaml",
-    "fused": "weight_fusion.yaml",
+    "weight_fusion": "weight_fusion.yaml",
+    "gated_fusion": "gated_fusion.yaml",
     "distilled": "distill.yaml",
+}
+AGNOSTIC = ("experts_lid", "weight_fusion", "gated_fusion", "distilled")  # language predicted
+NEEDS_EXPERTS = ("experts_lid", "weight_fusion", "gated_fusion", "distilled")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The size of one run of the table (docs/benchmarks.md, Budgets)."""
+
+    model: str  # Whisper to start from ("smoke": the tiny random multilingual model)
+    whole_model: bool  # train encoder + decoder (else decoder only: encoder-state cache)
+    steps: int  # optimizer steps of full, joint_lora, experts and distilled
+    fusion_steps: int  # optimizer steps of weight_fusion and gated_fusion (dev data)
+    batch_seconds: float  # audio per batch
+    warmup: int
+    rank: int  # per expert; joint LoRA and the student: rank x languages
+    train_per_group: int | None  # training rows per (language, task); None = all
+    dev_per_group: int | None  # fusion rows per (language, task)
+    test_per_group: int | None  # synthetic test rows per (language, task); None = all
+    noisy_per_group: int | None  # rows of the noisy copy per (language, task)
+    real_per_group: int | None  # real-speech rows per (language, task)
+    seeds: tuple[int, ...]
+    min_input_seconds: float = 0.0  # training input padding (the cache's policy); trained
+    # rows decode with it too, the zero-shot row and the LID at the decoder's default 10 s
+    max_new_tokens: int = 96
+    lora_lr: float = 1e-3
+    full_lr: float = 5e-5
+    fusion_lr: float = 1e-2
+    kd_temperature: float = 2.0
+    kd_weight: float = 1.0
+
+
+# `cpu` sizing, from CPU seconds measured on the 2-core machine (1 thread, loaded, so pessimistic;
+# Whisper base fp32): a decoder-only experts step from cached states with 60 s of audio (~30
+# clips at their own length) 2.0 s (the same audio padded to 10 s per clip: 5.5 s for 6 clips,
+# hence min_input_seconds 0); filling the cache 0.07 s per clip; zero-shot decoding at 10 s
+# 0.64 s per row, of which the encoder 0.42 s per clip. Estimate of the table (CPU seconds):
+# training ~1,700 (experts, joint, decoder full FT 150 steps each, distillation 1.5x, two
+# fusions 30 steps, fill), decoding the 1,200-row synthetic test ~2,200 (zero-shot ~550; seven
+# trained rows x 1,200 x ~0.18 s with the encoder memoised per clip), real speech (200 rows)
+# ~360, noisy copy at 50 per group ~1,100: ~3,900-5,300 s of one thread, i.e. ~40 min on 2
+# quiet cores without a noisy set and ~52 min with one.
+BUDGETS = {
+    "smoke": Budget(
+        model="smoke",
+        whole_model=False,
+        steps=3,
+        fusion_steps=2,
+        batch_seconds=8.0,
+        warmup=0,
+        rank=2,
+        train_per_group=3,
+        dev_per_group=2,
+        test_per_group=2,
+        noisy_per_group=2,
+        real_per_group=2,
+        seeds=(0,),
+        max_new_tokens=8,
+        lora_lr=0.05,  # large steps: three of them must change what the random model says
+        full_lr=0.01,
+        fusion_lr=0.1,
+    ),
+    "cpu": Budget(
+        model="base",
+        whole_model=False,
+        steps=150,
+        fusion_steps=30,
+        batch_seconds=60.0,
+        warmup=15,
+        rank=8,
+        train_per_group=120,
+        dev_per_group=16,
+        test_per_group=100,
+        noisy_per_group=50,
+        real_per_group=100,
+        seeds=(0,),
+    ),
+    "full": Budget(
+        model="base",
+        whole_model=True,
+        steps=2000,
+        fusion_steps=300,
+        batch_seconds=240.0,
+        warmup=100,
+        rank=8,
+        train_per_group=None,
+        dev_per_group=None,
+        test_per_group=None,
+        noisy_per_group=None,
+        real_per_group=None,
+        seeds=(0, 1, 2),
+    ),
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--corpus", type=Path, default=Path("/tmp/corpus_default"))
-    p.add_argument("--model", default="tiny.en", help="base model (default: offline tiny.en)")
-    p.add_argument("--langs", default="de,fr,es,it,nl,pt")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps per trained system")
-    p.add_argument("--batch-seconds", type=float, default=16.0, help="padded audio per batch")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--rank", type=int, default=8, help="expert rank (joint LoRA: x languages)")
-    p.add_argument("--lora-lr", type=float, default=2e-3)
-    p.add_argument("--full-lr", type=float, default=5e-5)
-    p.add_argument("--fusion-steps", type=int, default=40)
-    p.add_argument("--fusion-dev-per-lang", type=int, default=16, help="dev rows per lang/task")
-    p.add_argument("--fusion-rank", type=int, default=None, help="default: rank x languages")
-    p.add_argument("--kd-temperature", type=float, default=2.0)
-    p.add_argument("--kd-weight", type=float, default=1.0)
-    p.add_argument("--lid-train-per-lang", type=int, default=60, help="audio files per language")
-    p.add_argument("--eval-per-lang", type=int, default=16, help="test rows per language and task")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="cpu")
+    p.add_argument("--data", type=Path, default=Path("/work/data/corpus_large"))
+    p.add_argument("--real", type=Path, action="append", default=[], help="real-speech manifest")
+    p.add_argument("--langs", default=",".join(LANGS))
     p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--model", help="override the budget's model")
+    p.add_argument("--steps", type=int, help="override the budget's training steps")
+    p.add_argument("--test-per-group", type=int, help="override the budget's test sample")
+    p.add_argument("--seeds", help="override the budget's seeds (comma list)")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_experts"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "experts.json")
-    p.add_argument("--system", default=None, help=argparse.SUPPRESS)  # child process mode
+    p.add_argument("--hyps", type=Path, help="default: <out folder>/experts/")
     return p.parse_args(argv)
 
 
-# -- data -------------------------------------------------------------------------------------
-def _subset(utts, langs, per_group: int | None):
-    """Rows of `langs` (ASR and ST X->en), the first `per_group` per (lang, task) by id."""
-    groups: dict = {}
-    for u in sorted(utts, key=lambda u: u.id):
-        if u.lang in langs and (u.task == "asr" or u.target_lang == "en"):
-            groups.setdefault((u.lang, u.task), []).append(u)
-    return [u for key in sorted(groups) for u in groups[key][:per_group]]
+def budget_of(args) -> Budget:
+    b = BUDGETS[args.budget]
+    if args.model:
+        b = replace(b, model=args.model)
+    if args.steps:
+        b = replace(b, steps=args.steps)
+    if args.test_per_group:
+        n = args.test_per_group
+        b = replace(b, test_per_group=n, noisy_per_group=n, real_per_group=n)
+    if args.seeds:
+        b = replace(b, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    return b
 
 
-def prepare_data(args, langs) -> dict[str, Path]:
-    from babelora.data.manifest import read_manifest, write_manifest
-
-    args.work.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for name, split, per in (
-        ("train", "train", None),
-        ("dev", "dev", args.fusion_dev_per_lang),
-        ("test", "test", args.eval_per_lang),
-    ):
-        utts = _subset(read_manifest(args.corpus / f"{split}.jsonl"), langs, per)
-        out[name] = write_manifest(utts, args.work / f"{name}.jsonl")
-    return out
-
-
-# -- training ---------------------------------------------------------------------------------
-def train_config(system: str, args, langs, data: dict[str, Path], extra: list[str]):
-    from babelora.train.config import load_train_config
-
-    steps = args.fusion_steps if system == "fused" else args.steps
-    overrides = [
-        f"output_dir={args.work / system}",
-        f"data.train=[{data['dev'] if system == 'fused' else data['train']}]",
+# ----------------------------------------------------------------------------------- training
+def train_overrides(system: str, b: Budget, langs, model: str, data: dict, out: Path, seed: int):
+    """Dotted overrides of the system's config (configs/experts/*.yaml) for this budget."""
+    fusion = system in ("weight_fusion", "gated_fusion")
+    steps = b.fusion_steps if fusion else b.steps
+    experts = out / f"experts.seed{seed}" / "final"
+    joint_rank = b.rank * len(langs)
+    over = [
+        f"output_dir={out / f'{system}.seed{seed}'}",
+        f"model.name={model}",
+        "model.prompt_style=multilingual",
+        f"data.train=[{data['dev'] if fusion else data['train']}]",
         "data.dev=[]",
         f"data.languages=[{','.join(langs)}]",
-        f"data.batch_seconds={args.batch_seconds}",
+        f"data.batch_seconds={b.batch_seconds}",
+        f"data.min_input_seconds={b.min_input_seconds}",
         f"max_steps={steps}",
-        f"optim.warmup_steps={0 if system == 'fused' else min(args.warmup, steps - 1)}",
+        f"optim.warmup_steps={0 if fusion else min(b.warmup, steps - 1)}",
         f"checkpoint.save_every={steps}",
         "checkpoint.keep_best=0",
         "eval.every=0",
         "progress_bar=false",
-        "log_every=25",
-        *extra,
+        f"log_every={max(1, steps // 10)}",
+        f"cache_dir={out / 'cache'}",
+        f"seed={seed}",
     ]
-    if args.model:
-        overrides.append(f"model.name={args.model}")
-    return load_train_config(CONFIGS / CONFIG_OF[system], overrides), overrides
-
-
-def run_training(system: str, args, langs, data, extra: list[str]) -> dict:
-    import shutil
-
-    from babelora.methods.registry import train
-    from babelora.train import checkpoint as ckpt
-
-    cfg, overrides = train_config(system, args, langs, data, extra)
-    shutil.rmtree(cfg.output_dir, ignore_errors=True)
-    with Stopwatch() as clock:
-        result = train(cfg)
-    trained = ckpt.load_checkpoint(result.last_checkpoint).trainable
-    rows = read_jsonl(Path(cfg.output_dir) / "metrics.jsonl")
-    losses = [r["train/loss"] for r in rows if "train/loss" in r]
-    return {
-        "final": str(result.final_dir),
-        "config": str(CONFIGS / CONFIG_OF[system]),
-        "overrides": overrides,
-        "train_s": clock.wall,
-        "steps": result.step,
-        "trained_params": int(sum(v.numel() for v in trained.values())),
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-    }
-
-
-def _numel(path: Path) -> int:
-    """Number of values stored in a safetensors file."""
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(path), "pt") as f:
-        for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-            n = 1
-            for size in f.get_slice(key).get_shape():
-                n *= int(size)
-            total += n
-    return total
-
-
-# -- decoding and scoring ---------------------------------------------------------------------
-def decode_and_score(
-    handle, test: Path, adapter=None, lid=None, finetuned=True
-) -> tuple[dict, float]:
-    from babelora.data.manifest import read_manifest
-    from babelora.decode.routing import adapter_batch_hook, predict_languages
-    from babelora.decode.runner import RunnerOptions, decode_requests
-    from babelora.decode.search import DecodeOptions
-    from babelora.evaluate.metrics import bleu, error_rate
-
-    # fine-tuned systems decode with the padding they trained with (to the longest, no tail);
-    # the zero-shot base with the decoder's default (10 s), its best setting (docs/design.md)
-    ropts = (
-        finetuned_options()
-        if finetuned
-        else RunnerOptions(batch_seconds=160.0, max_batch_size=16, show_progress=False)
-    )
-    utts = read_manifest(test)
-    reqs = requests_of(utts)
-    with Stopwatch() as clock:
-        if lid is not None:
-            reqs = predict_languages(handle, lid, reqs, ropts, adapter)
-        hook = adapter_batch_hook(adapter) if adapter is not None else None
-        results = decode_requests(handle, reqs, DecodeOptions(max_new_tokens=64), ropts, hook)
-    groups: dict = {}
-    for u, r in zip(utts, results):
-        if r.error:
-            raise RuntimeError(f"{u.id}: {r.error}")
-        hyps, refs = groups.setdefault((u.task, u.lang), ([], []))
-        hyps.append(r.hypothesis)
-        refs.append(u.reference)
-    metrics = {}
-    for (task, lang), (hyps, refs) in sorted(groups.items()):
-        if task == "asr":
-            metrics[f"wer/{lang}"] = error_rate(hyps, refs, lang).score
-        else:
-            metrics[f"bleu/{lang}"] = bleu(hyps, refs, "en").score
-    for kind in ("wer", "bleu"):
-        vals = [v for k, v in metrics.items() if k.startswith(kind + "/")]
-        if vals:
-            metrics[kind] = sum(vals) / len(vals)
-    if lid is not None:
-        metrics["lid_routing_accuracy"] = sum(r.lang == u.lang for r, u in zip(reqs, utts)) / len(
-            utts
-        )
-    return metrics, clock.wall
-
-
-# -- systems: each returns its fields of the system's JSON ------------------------------------
-def finetuned_options():
-    """Decoding as in training: padded to the longest input, no tail."""
-    from babelora.decode.runner import RunnerOptions
-
-    return RunnerOptions(
-        batch_seconds=60.0,
-        max_batch_size=16,
-        min_input_seconds=0.0,
-        tail_seconds=0.0,
-        show_progress=False,
-    )
-
-
-def multilingual_base(args):
-    from babelora.models.whisper import load_whisper
-
-    return load_whisper(args.model, prompt_style="multilingual")
-
-
-def peft_fields(args, out: dict, data: dict[str, Path]) -> dict:
-    """Deployed size and scores of a run whose export is one PEFT adapter."""
-    from babelora.methods.loading import apply_peft_adapter
-
-    handle = apply_peft_adapter(multilingual_base(args), Path(out["final"]))
-    out["deployed_params"] = _numel(Path(out["final"]) / "adapter_model.safetensors")
-    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
-    return out
-
-
-def run_base(args, langs, data) -> dict:
-    from babelora.models.whisper import load_whisper
-
-    handle = load_whisper(args.model)
-    out = {"prompt_style": handle.prompt_style}
-    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], finetuned=False)
-    return out
-
-
-def lora_overrides(args, rank: int) -> list[str]:
-    """LoRA learning rate, rank and alpha = 2 x rank."""
-    return [
-        f"optim.lr={args.lora_lr}",
-        f"recipe.params.rank={rank}",
-        f"recipe.params.alpha={2.0 * rank}",
-    ]
-
-
-def run_joint_lora(args, langs, data) -> dict:
-    extra = lora_overrides(args, args.rank * len(langs))  # as many parameters as the experts
-    return peft_fields(args, run_training("joint_lora", args, langs, data, extra), data)
-
-
-def run_full(args, langs, data) -> dict:
-    from babelora.models.whisper import load_whisper
-
-    out = run_training("full", args, langs, data, [f"optim.lr={args.full_lr}"])
-    handle = load_whisper(out["final"], prompt_style="multilingual")
-    out["deployed_params"] = sum(p.numel() for p in handle.model.parameters())
-    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"])
-    return out
-
-
-def run_experts(args, langs, data) -> dict:
-    from babelora.methods.loading import load_expert_set
-
-    out = run_training("experts", args, langs, data, lora_overrides(args, args.rank))
-    handle = multilingual_base(args)
-    adapter = load_expert_set(handle, out["final"])
-    out["deployed_params"] = _numel(Path(out["final"]) / "babelora_experts.safetensors")
-    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], adapter)
-    return out
-
-
-def lid_training_rows(utts, per_lang: int) -> list:
-    """The rows of the first `per_lang` audio files of each language."""
-    files: dict = {}
-    return [
-        u
-        for u in utts
-        if files.setdefault(u.lang, set()).add(u.audio_filepath) or len(files[u.lang]) <= per_lang
-    ]
-
-
-def run_experts_lid(args, langs, data) -> dict:
-    from babelora.data.manifest import read_manifest
-    from babelora.methods.experts.lid_training import evaluate_lid, train_lid
-    from babelora.methods.loading import load_expert_set
-
-    handle = multilingual_base(args)
-    ropts = finetuned_options()
-    lid_utts = lid_training_rows(read_manifest(data["train"]), args.lid_train_per_lang)
-    with Stopwatch() as clock:
-        head = train_lid(handle, lid_utts, langs, options=ropts)
-    out: dict = {"train_s": clock.wall}
-    report = evaluate_lid(head, handle, read_manifest(data["test"]), ropts)
-    out["lid_test"] = report.to_json()
-    adapter = load_expert_set(handle, experts_final(args))
-    out["metrics"], out["eval_s"] = decode_and_score(handle, data["test"], adapter, lid=head)
-    return out
-
-
-def run_fused(args, langs, data) -> dict:
-    extra = [
-        "optim.lr=1e-2",
-        f"recipe.params.experts={experts_final(args)}",
-        f"recipe.params.rank={args.fusion_rank or args.rank * len(langs)}",
-    ]
-    out = run_training("fused", args, langs, data, extra)
-    out["fusion"] = json.loads((Path(out["final"]) / "fusion.json").read_text())
-    out["fusion"].pop("weights", None)
-    return peft_fields(args, out, data)
-
-
-def run_distilled(args, langs, data) -> dict:
-    extra = [
-        f"optim.lr={args.lora_lr}",
-        f"recipe.params.teacher={experts_final(args)}",
-        f"recipe.params.student_experts={len(langs)}",
-        f"recipe.params.temperature={args.kd_temperature}",
-        f"recipe.params.kd_weight={args.kd_weight}",
-    ]
-    out = peft_fields(args, run_training("distilled", args, langs, data, extra), data)
-    out["trained_params"] = out["deployed_params"]  # the checkpoint also holds the teachers
-    return out
-
-
-RUNNERS = {
-    "base": run_base,
-    "joint_lora": run_joint_lora,
-    "full": run_full,
-    "experts": run_experts,
-    "experts_lid": run_experts_lid,
-    "fused": run_fused,
-    "distilled": run_distilled,
-}
-
-
-def experts_final(args) -> Path:
-    """The trained experts (system `experts`), which experts_lid, fused and distilled reuse."""
-    return args.work / "experts" / "final"
-
-
-def run_system(system: str, args) -> dict:
-    """Train (where the system trains) and evaluate one system, in this process."""
-    import torch
-
-    if system not in RUNNERS:
-        raise SystemExit(f"unknown system {system}")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    data = {k: args.work / f"{k}.jsonl" for k in ("train", "dev", "test")}
-    out = {"system": system, **RUNNERS[system](args, args.langs.split(","), data)}
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return out
-
-
-# -- report -----------------------------------------------------------------------------------
-def table(results: dict, langs: list[str]) -> str:
-    head = ["system"] + [f"WER {x}" for x in langs] + ["WER avg"]
-    head += [f"BLEU {x}" for x in langs] + ["BLEU avg", "train s", "eval s", "peak RSS MB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, res in results.items():
-        m = res["metrics"]
-        cells = [name]
-        cells += [f"{m.get(f'wer/{x}', float('nan')):.1f}" for x in langs] + [f"{m['wer']:.1f}"]
-        cells += [f"{m.get(f'bleu/{x}', float('nan')):.1f}" for x in langs] + [f"{m['bleu']:.1f}"]
-        cells += [
-            f"{res.get('train_s', 0):.0f}",
-            f"{res['eval_s']:.0f}",
-            f"{res['peak_rss_mb']:.0f}",
+    lora = [f"optim.lr={b.lora_lr}"]
+    targets = "whisper-all" if b.whole_model else "whisper-decoder"
+    if system == "experts":
+        over += lora + [
+            f"recipe.params.rank={b.rank}",
+            f"recipe.params.alpha={2.0 * b.rank}",
+            f"recipe.params.targets=[{targets}]",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    elif system == "joint_lora":
+        parts = "encoder,decoder" if b.whole_model else "decoder"
+        over += lora + [
+            f"recipe.params.rank={joint_rank}",
+            f"recipe.params.alpha={2.0 * joint_rank}",
+            f"recipe.params.parts=[{parts}]",
+        ]
+    elif system == "full":
+        over += [f"optim.lr={b.full_lr}", f"recipe.params.train_encoder={b.whole_model}"]
+    elif system == "weight_fusion":
+        over += [
+            f"optim.lr={b.fusion_lr}",
+            f"recipe.params.experts={experts}",
+            f"recipe.params.rank={joint_rank}",
+        ]
+    elif system == "gated_fusion":
+        over += [f"optim.lr={b.fusion_lr}", f"recipe.params.experts={experts}"]
+    elif system == "distilled":
+        over += lora + [
+            f"recipe.params.teacher={experts}",
+            f"recipe.params.student_experts={len(langs)}",
+            f"recipe.params.temperature={b.kd_temperature}",
+            f"recipe.params.kd_weight={b.kd_weight}",
+        ]
+    return over
 
 
-def relative(results: dict) -> dict:
-    """Relative WER reduction and BLEU gain of each system vs joint LoRA and full FT (%)."""
-    out = {}
-    for ref in ("joint_lora", "full"):
-        if ref not in results:
-            continue
-        rm = results[ref]["metrics"]
-        for name, res in results.items():
-            m = res["metrics"]
-            out.setdefault(name, {})[f"wer_rel_reduction_vs_{ref}"] = (
-                100 * (rm["wer"] - m["wer"]) / max(rm["wer"], 1e-9)
+def train_system(system: str, b: Budget, langs, model: str, data: dict, out: Path, seed: int):
+    from babelora.train.config import load_train_config
+
+    over = train_overrides(system, b, langs, model, data, out, seed)
+    cfg = load_train_config(CONFIGS / TRAINED[system], over)
+    record = P.train_once(cfg)
+    record["config"] = str((CONFIGS / TRAINED[system]).relative_to(ROOT))
+    record["overrides"] = over
+    return record
+
+
+def setting(system: str, record: dict | None) -> dict:
+    """What the row trains (the engine's label and count) and how its language is chosen."""
+    lang = "predicted (Whisper LID)" if system in AGNOSTIC else "given"
+    if system == "zero_shot":
+        return {"trains": "nothing", "parameters": 0, "language": lang, "encoder_cache": False}
+    info = record["run_info"]
+    return {
+        "trains": info["trains"],
+        "parameters": int(sum(info["trainable_parameters"].values())),
+        "language": lang,
+        "encoder_cache": bool(info["encoder_cache"]["used"]),
+    }
+
+
+# ----------------------------------------------------------------------------------- decoding
+def load_system(system: str, base, pristine, records: dict, seed: int):
+    """(handle, expert-set adapter or None) of a system: `base` for the zero-shot row, else a
+    copy of the `pristine` base with the system's weights."""
+    from babelora.methods.loading import apply_peft_adapter, load_expert_set
+    from babelora.models.whisper import load_whisper
+
+    if system == "zero_shot":
+        return base, None  # the copy the LID ran on
+    if system == "full":
+        return load_whisper(records[("full", seed)]["final"], prompt_style="multilingual"), None
+    handle = P.fresh(pristine)
+    if system in ("experts", "experts_lid", "gated_fusion"):
+        key = ("gated_fusion" if system == "gated_fusion" else "experts", seed)
+        return handle, load_expert_set(handle, records[key]["final"])
+    return apply_peft_adapter(handle, records[(system, seed)]["final"]), None
+
+
+def run(args) -> dict:
+    import torch
+
+    from babelora.models.whisper import load_whisper
+
+    b = budget_of(args)
+    langs = [x for x in args.langs.split(",") if x]
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+    if "zero_shot" not in systems:
+        systems.insert(0, "zero_shot")  # the first row of every table
+    torch.set_num_threads(args.threads)
+    work = args.work.resolve()
+    hyps_dir = (args.hyps or args.out.parent / "experts").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model = str(P.tiny_multilingual(work / "tiny_multilingual")) if b.model == "smoke" else b.model
+    t0 = time.perf_counter()
+
+    # data: training rows, fusion rows, test sets
+    from babelora.data.manifest import write_manifest
+
+    data = {
+        "train": write_manifest(
+            P.training_rows(args.data / "train.jsonl", langs, b.train_per_group),
+            work / "train.jsonl",
+        ),
+        "dev": write_manifest(
+            P.training_rows(args.data / "dev.jsonl", langs, b.dev_per_group), work / "dev.jsonl"
+        ),
+    }
+    tests = P.test_sets(
+        args.data, args.real, langs, b.test_per_group, b.real_per_group, b.noisy_per_group
+    )
+    for ts in tests:
+        P.write_subset(ts, hyps_dir)
+    log(f"test sets: {', '.join(f'{t.name} {len(t.utts)}' for t in tests)}")
+
+    # training: experts first (the fusion, distillation and LID rows reuse them)
+    records: dict = {}
+    order = ["experts", "full", "joint_lora", "weight_fusion", "gated_fusion", "distilled"]
+    wanted = set(systems) | ({"experts"} if set(systems) & set(NEEDS_EXPERTS) else set())
+    for seed in b.seeds:
+        for system in [s for s in order if s in wanted]:
+            rec = train_system(system, b, langs, model, data, work, seed)
+            records[(system, seed)] = rec
+            info = rec["run_info"]
+            log(
+                f"train {system} seed {seed}: {rec['seconds']:.0f} s"
+                f"{' (cached)' if rec['cached'] else ''}, trains {info['trains']}, "
+                f"encoder cache {info['encoder_cache']['used']}"
             )
-            out[name][f"bleu_rel_gain_vs_{ref}"] = (
-                100 * (m["bleu"] - rm["bleu"]) / max(rm["bleu"], 1e-9)
-            )
+
+    # decoding: test set by test set (the encoder memo holds one test set's clips)
+    pristine = load_whisper(model, prompt_style="multilingual")  # copied for every system
+    memo = P.EncoderMemo(pristine.model.get_encoder())
+    zero_options = P.runner_options(10.0)  # the zero-shot row's best setting; Whisper's LID
+    trained_options = P.runner_options(b.min_input_seconds)  # as the fine-tunes trained
+    rows: dict = {}  # (system, seed, test) -> hypothesis rows
+    decode_info: dict = {}
+    lid: dict = {}
+    for ts in tests:
+        memo.clear()
+        given = P.requests_of(ts.utts)
+        base = P.fresh(pristine)
+        memo.attach(base.model)  # the LID's encoder states are the decoding's (same input)
+        predicted, lid[ts.name] = P.detect(base, ts.utts, langs, zero_options)
+        prob = lid[ts.name].pop("prob")
+        log(f"{ts.name}: LID accuracy {lid[ts.name]['accuracy']:.3f}")
+        for seed in b.seeds:
+            for system in systems:
+                if system == "zero_shot" and seed != b.seeds[0]:
+                    continue
+                handle, adapter = load_system(system, base, pristine, records, seed)
+                reqs = predicted if system in AGNOSTIC else given
+                options = zero_options if system == "zero_shot" else trained_options
+                out, seconds, memoised = P.decode(
+                    handle, reqs, memo, options, b.max_new_tokens, adapter,
+                    prob if system in AGNOSTIC else None,
+                )  # fmt: skip
+                rows[(system, seed, ts.name)] = out
+                P.save_rows(hyps_dir, system, ts.name, out, seed if system != "zero_shot" else 0)
+                decode_info[f"{system}/{seed}/{ts.name}"] = {
+                    "seconds": seconds,
+                    "encoder_memo": memoised,
+                }
+                log(f"decode {system} seed {seed} on {ts.name}: {seconds:.0f} s")
+    decode_info["encoder_memo"] = {"hits": memo.hits, "misses": memo.misses}
+
+    # differences: vs zero-shot and vs the standard fine-tune, per seed and test set
+    results: dict = {}
+    zero_seed = b.seeds[0]
+    for ts in tests:
+        zero = rows[("zero_shot", zero_seed, ts.name)]
+        for system in systems:
+            for seed in [zero_seed] if system == "zero_shot" else b.seeds:
+                mine = rows[(system, seed, ts.name)]
+                entry = {"vs_zero_shot": P.differences(ts.utts, zero, mine)}
+                if "full" in systems and system not in ("zero_shot", "full"):
+                    entry["vs_full"] = P.differences(ts.utts, rows[("full", seed, ts.name)], mine)
+                results.setdefault(system, {}).setdefault(str(seed), {})[ts.name] = entry
+    wall = time.perf_counter() - t0
+    return {
+        "benchmark": "experts",
+        "command": "python bench/experts.py " + " ".join(args.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(args.threads),
+        "budget": {
+            "name": args.budget,
+            **asdict(b),
+            "model": model if b.model != "smoke" else "tiny random multilingual",
+        },
+        "langs": langs,
+        "test_sets": {t.name: {"source": str(t.source), "rows": len(t.utts)} for t in tests},
+        "train_rows": {k: sum(1 for _ in open(v)) for k, v in data.items()},
+        "systems": systems,
+        "settings": {
+            s: setting(s, records.get(("experts" if s == "experts_lid" else s, b.seeds[0])))
+            for s in systems
+        },
+        "train": {f"{s}/{seed}": _slim(r) for (s, seed), r in records.items()},
+        "decode": decode_info,
+        "lid": lid,
+        "results": results,
+        "hypotheses": str(_rel(hyps_dir)),
+        "wall_s": wall,
+    }
+
+
+def _slim(record: dict) -> dict:
+    keep = (
+        "seconds",
+        "cpu_seconds",
+        "steps",
+        "train_loss",
+        "losses",
+        "cached",
+        "config",
+        "overrides",
+    )
+    out = {k: record.get(k) for k in keep}
+    out["run_info"] = {
+        k: record["run_info"].get(k)
+        for k in ("recipe", "trains", "trainable_parameters", "encoder_cache")
+    }
     return out
 
 
-def relative_table(rel: dict) -> str:
-    lines = [
-        "\n| system | WER rel. reduction vs joint LoRA | vs full FT "
-        "| BLEU rel. gain vs joint LoRA | vs full FT |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, r in rel.items():
-        lines.append(
-            f"| {name} | {r.get('wer_rel_reduction_vs_joint_lora', 0):+.1f}% | "
-            f"{r.get('wer_rel_reduction_vs_full', 0):+.1f}% | "
-            f"{r.get('bleu_rel_gain_vs_joint_lora', 0):+.1f}% | "
-            f"{r.get('bleu_rel_gain_vs_full', 0):+.1f}% |"
-        )
-    return "\n".join(lines)
+def _rel(path: Path) -> Path:
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
 
 
-# -- main -------------------------------------------------------------------------------------
-def run_in_child(system: str, args, child_args: list[str]) -> dict:
-    """One system in its own process (its own peak RSS); its JSON, plus the wall time."""
-    print(f"== {system}", file=sys.stderr, flush=True)
-    with Stopwatch() as clock:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *child_args, "--system", system]
-        subprocess.run(cmd, check=True)
-        result = json.loads((args.work / f"{system}.json").read_text())
-    result["wall_s"] = clock.wall
-    m = result["metrics"]
-    print(
-        f"== {system}: WER {m['wer']:.1f} BLEU {m['bleu']:.1f} ({result['wall_s']:.0f} s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return result
-
-
-def report_of(args, langs, counts, child_args, wall: float, results: dict) -> dict:
+def machine(threads: int) -> dict:
     import torch
 
     return {
-        "command": "python bench/experts.py " + " ".join(child_args),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
-        "scale": {
-            "langs": langs,
-            "steps": args.steps,
-            "batch_seconds": args.batch_seconds,
-            "warmup": args.warmup,
-            "rank": args.rank,
-            "fusion_steps": args.fusion_steps,
-            "fusion_dev_per_lang": args.fusion_dev_per_lang,
-            "eval_per_lang_and_task": args.eval_per_lang,
-            "rows": counts,
-        },
-        "wall_s": wall,
-        "results": results,
-        "relative": relative(results),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+# ------------------------------------------------------------------------------------- tables
+def _seed_spread(report: dict, system: str, test: str, task: str) -> str:
+    values = []
+    for per_test in report["results"][system].values():
+        d = P.headline(per_test[test]["vs_zero_shot"], task)
+        if d is not None:
+            values.append(d["b"])
+    if len(values) < 2:
+        return ""
+    return f" (mean {fmean(values):.1f} ± {pstdev(values):.1f} over {len(values)} seeds)"
+
+
+def markdown(report: dict) -> str:
+    """One table per test set: macro WER and BLEU of every row, the difference vs zero-shot and
+    vs the standard fine-tune with its paired 95 % interval (* = excludes zero), then the
+    per-language scores. Seed-0 numbers; with several seeds, their mean and spread."""
+    parts = []
+    langs = report["langs"]
+    b = report["budget"]
+    parts.append(
+        f"LoRA language experts, budget `{b['name']}` ({b['model']}, {b['steps']} steps, "
+        f"batch {b['batch_seconds']} s, rank {b['rank']}, "
+        f"{'whole model' if b['whole_model'] else 'decoder only'}); {report['date']}; "
+        f"{report['machine']['processor']} x{report['machine']['cpu_count']}, "
+        f"{report['machine']['threads']} threads; wall {report['wall_s']:.0f} s.\n"
+        f"Command: `{report['command']}`"
+    )
+    seed = str(b["seeds"][0])
+    for test, meta in report["test_sets"].items():
+        head = (
+            "| system | trains | language | WER | Δ vs zero-shot | Δ vs full FT "
+            "| BLEU | Δ vs zero-shot | Δ vs full FT |"
+        )
+        lines = [f"\n### {test} ({meta['rows']} rows: {meta['source']})\n", head, "|---" * 9 + "|"]
+        for system in report["systems"]:
+            res = report["results"][system].get(seed) or report["results"][system][str(0)]
+            entry = res[test]
+            st = report["settings"][system]
+            z_asr, z_st = (P.headline(entry["vs_zero_shot"], t) for t in ("asr", "st"))
+            f_asr, f_st = (
+                (P.headline(entry["vs_full"], t) for t in ("asr", "st"))
+                if "vs_full" in entry
+                else (None, None)
+            )
+            zero = system == "zero_shot"
+            lines.append(
+                f"| {system} | {st['trains']} | {st['language']} | {P.cell(z_asr)}"
+                f"{_seed_spread(report, system, test, 'asr')} | {'-' if zero else P.delta(z_asr)} "
+                f"| {P.delta(f_asr)} | {P.cell(z_st)} | {'-' if zero else P.delta(z_st)} "
+                f"| {P.delta(f_st)} |"
+            )
+        parts.append("\n".join(lines))
+        rows = ["", "| system | " + " | ".join(f"WER {x}" for x in langs) + " | "
+                + " | ".join(f"BLEU {x}-en" for x in langs) + " |",
+                "|---" * (1 + 2 * len(langs)) + "|"]  # fmt: skip
+        for system in report["systems"]:
+            res = report["results"][system].get(seed) or report["results"][system][str(0)]
+            by_row = {d["row"]: d for d in res[test]["vs_zero_shot"]}
+            cells = [P.cell(by_row.get(x)) for x in langs]
+            cells += [P.cell(by_row.get(f"{x}-en")) for x in langs]
+            rows.append(f"| {system} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(rows))
+    if report.get("lid"):
+        parts.append(
+            "\nWhisper base LID (candidates: the expert languages): "
+            + ", ".join(f"{t} {v['accuracy']:.3f}" for t, v in report["lid"].items())
+        )
+    parts.append(
+        "\nΔ = system - baseline with its paired bootstrap 95 % interval (1,000 resamples, "
+        "seed 0; macro rows resample within each language); * = the interval excludes zero. "
+        f"Hypotheses: {report['hypotheses']}/<system>.<test set>.jsonl.gz."
+    )
+    return "\n".join(parts) + "\n"
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.system:  # child process: one system
-        res = run_system(args.system, args)
-        write_json(args.work / f"{args.system}.json", res)
-        return
-    langs = args.langs.split(",")
-    start = time.perf_counter()
-    data = prepare_data(args, langs)
-    counts = {k: len(v.read_text(encoding="utf-8").splitlines()) for k, v in data.items()}
-    print(f"data: {counts} rows in {args.work}", file=sys.stderr, flush=True)
-    child_args = list(argv if argv is not None else sys.argv[1:])
-    results = {system: run_in_child(system, args, child_args) for system in args.systems.split(",")}
-    wall = time.perf_counter() - start
-    report = report_of(args, langs, counts, child_args, wall, results)
+    args.argv = argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    report = run(args)
     write_json(args.out, report)
-    print(table(results, langs))
-    print(relative_table(report["relative"]))
-    if "experts_lid" in results:
-        print(f"\nLID accuracy (test files): {results['experts_lid']['lid_test']['accuracy']:.3f}")
-    print(f"total wall time {wall:.0f} s; results in {args.out}")
+    text = markdown(report)
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    log(f"results in {args.out}; total {report['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

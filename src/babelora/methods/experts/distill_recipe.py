@@ -40,7 +40,7 @@ from babelora.methods.experts.fusion import fuse_weight_space
 from babelora.methods.experts.kd import distill_loss
 from babelora.models.base_check import write_base_signature
 from babelora.train.config import TrainConfig
-from babelora.train.recipe import LossOutput, Recipe, load_backbone
+from babelora.train.recipe import LossOutput, Recipe, load_backbone, seq2seq_forward
 
 log = logging.getLogger("babelora.train")
 
@@ -134,15 +134,11 @@ def make_loss_fn(adapter: AdapterHandle, params: DistillParams) -> Any:
     slots = params.student_experts
 
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
-        inputs = {
-            "input_features": batch["input_features"],
-            "decoder_input_ids": batch["decoder_input_ids"],
-            "use_cache": False,
-        }
+        # features, or cached encoder states: teacher and student share the frozen encoder
         with torch.no_grad(), teacher_mode(adapter, slots), adapter.routing(langs=batch["langs"]):
-            teacher = _core(model)(**inputs).logits
+            teacher = seq2seq_forward(_core(model), batch).logits
         with adapter.routing(langs=[None] * len(batch["langs"])):
-            student = model(**inputs).logits
+            student = seq2seq_forward(model, batch).logits
         kd = distill_loss(
             student,
             teacher,
@@ -222,4 +218,6 @@ def build_distill(cfg: TrainConfig, params: DistillParams) -> Recipe:
         param_groups=[{"params": lora_params, "weight_decay": 0.0}],
         max_target_tokens=int(handle.model.config.max_target_positions),
         adapter=adapter,
+        accepts_encoder_states=True,  # seq2seq_forward: a decoder-only teacher set (and so a
+        # decoder-only student) trains both passes on the shared frozen encoder's cached states
     )

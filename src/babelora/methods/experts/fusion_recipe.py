@@ -44,6 +44,7 @@ from babelora.methods.experts.fusion import (
 )
 from babelora.models.base_check import write_base_signature
 from babelora.train.config import TrainConfig
+from babelora.train.encoder_cache import encoder_frames
 from babelora.train.recipe import LossOutput, Recipe, load_backbone
 
 log = logging.getLogger("babelora.train")
@@ -179,6 +180,7 @@ def build_weight_fusion(cfg: TrainConfig, params: WeightFusionParams) -> Recipe:
         param_groups=[{"params": _unique(adapter.trainable_parameters()), "weight_decay": 0.0}],
         max_target_tokens=int(handle.model.config.max_target_positions),
         adapter=adapter,
+        accepts_encoder_states=True,  # seq2seq_loss: decoder-only experts fuse on cached states
     )
 
 
@@ -206,9 +208,8 @@ def build_gated_fusion(cfg: TrainConfig, params: GatedFusionParams) -> Recipe:
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> LossOutput:
         from babelora.train.recipe import seq2seq_loss
 
-        feats = batch["input_features"]
-        masks = {
-            "encoder": encoder_mask(batch["feature_lens"], feats.shape[-1]),
+        masks = {  # features or cached encoder states (decoder-only experts: frozen encoder)
+            "encoder": encoder_mask(batch["feature_lens"], encoder_frames(batch)),
             "decoder": prompt_mask(batch["labels"]),
         }
         with adapter.routing(masks=masks):
@@ -229,4 +230,6 @@ def build_gated_fusion(cfg: TrainConfig, params: GatedFusionParams) -> Recipe:
         aux_loss_weights=dict(config.aux_loss_weights),
         max_target_tokens=int(handle.model.config.max_target_positions),
         adapter=adapter,
+        accepts_encoder_states=True,  # encoder-side gates or train_experts on encoder experts
+        # make encoder parameters train or foreign: the engine then refuses the cache itself
     )
