@@ -252,6 +252,8 @@ def test_mixed_posterior_batch_gives_given_rows_their_experts(monkeypatch, setup
 
 
 def test_rows_without_lang_on_an_english_only_model(monkeypatch, tmp_path, capsys):
+    """An English-only model cannot identify a language: such rows are skipped one by one (the
+    rest is decoded), and a manifest of only such rows is a one-line error."""
     import babelora.models.whisper as whisper
     from babelora.cli.main import main
     from babelora.models.whisper import tiny_random_whisper
@@ -260,11 +262,17 @@ def test_rows_without_lang_on_an_english_only_model(monkeypatch, tmp_path, capsy
     wav = tmp_path / "a.wav"
     sf.write(str(wav), np.zeros(16000, dtype=np.float32), 16000)
     m = manifest(tmp_path / "m.jsonl", [wav, wav], ["de", None])
-    code = main(["evaluate", "--manifest", str(m), "--out", str(tmp_path / "o"), "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err
-    assert "1 rows have no 'lang' (first: 'u1')" in err and "English-only" in err
+    out = tmp_path / "o"
+    main(["evaluate", "--manifest", str(m), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "m.jsonl:2: field 'lang' is missing (id 'u1')" in err and "English-only" in err
     assert "--lid" in err and "--language" in err
+    rows = [json.loads(x) for x in (out / "hypotheses.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["u0"]  # the labelled row was decoded
+    m = manifest(tmp_path / "m2.jsonl", [wav], [None])
+    code = main(["evaluate", "--manifest", str(m), "--out", str(tmp_path / "o2"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "no row has a 'lang'" in err and "English-only" in err
 
 
 def test_scoring_rows_without_a_language():

@@ -303,16 +303,32 @@ def _language_mode(args: argparse.Namespace, handle, default: str | None) -> str
     return AUTO
 
 
-def _check_unlabelled(manifest, handle, unlabelled) -> None:
-    """Rows without a language are decoded with Whisper's LID: an English-only model cannot."""
+def _skip_unlabelled(args: argparse.Namespace, handle, utts: list, errors: list) -> list:
+    """Rows without a language are decoded with Whisper's LID; an English-only model has none, so
+    those rows are skipped one by one (named by line, like any bad line) and the rest decoded."""
     from babelora.decode.language import is_multilingual
 
-    if not is_multilingual(handle):
+    if is_multilingual(handle):
+        return utts
+    strict: list[ManifestError] = []  # the same file read as training reads it: lang required
+    read_manifest(args.manifest, data_root=args.data_root, errors=strict)
+    hint = (
+        f"; {handle.name} is English-only and cannot identify it: add 'lang', pass --lid DIR "
+        "(a trained LID head) or --language LANG, or use --model base"
+    )
+    for err in strict:
+        if "field 'lang' is missing" in str(err):
+            err = ManifestError(f"{err}{hint}")
+            print(f"skipped: {err}", file=sys.stderr)
+            errors.append(err)
+    kept = [u for u in utts if u.lang is not None]
+    if not kept:
         raise LanguageError(
-            f"{manifest}: {len(unlabelled)} rows have no 'lang' (first: {unlabelled[0].id!r}) "
-            f"and {handle.name} is English-only, so it cannot identify their language; add "
-            "'lang', pass --lid DIR (a trained LID head) or --language LANG, or use --model base"
+            f"{args.manifest}: no row has a 'lang' and {handle.name} is English-only, so it "
+            "cannot identify their language; add 'lang', pass --lid DIR (a trained LID head) or "
+            "--language LANG, or use --model base"
         )
+    return kept
 
 
 def _options(args: argparse.Namespace) -> tuple[DecodeOptions, RunnerOptions]:
@@ -498,7 +514,8 @@ def evaluate(args: argparse.Namespace) -> int:
     mode = _language_mode(args, handle, None)
     unlabelled = [u for u in utts if u.lang is None]
     if mode is None and not args.lid and unlabelled:
-        _check_unlabelled(args.manifest, handle, unlabelled)
+        utts = _skip_unlabelled(args, handle, utts, errors)
+        unlabelled = []
     # predicted rows: --lid / --language auto (all), or the rows without a language (default)
     flags = [bool(args.lid) or mode == AUTO or (mode is None and u.lang is None) for u in utts]
     agnostic = all(flags)

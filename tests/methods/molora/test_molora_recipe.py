@@ -222,7 +222,8 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "molora"
 
 
 def test_shipped_molora_configs_compare_at_equal_size():
-    paths = sorted(CONFIGS.glob("*.yaml"))
+    # the Whisper-side MoLoRA configs (molora_llm_* put MoLoRA inside the speech-LLM's LLM)
+    paths = sorted(p for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("molora_llm"))
     assert {p.stem for p in paths} >= {"molora_lang", "molora_learned", "molora_hybrid"}
     for path in paths:
         cfg = load_train_config(path)
