@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -125,16 +126,64 @@ def _delta(after: dict, before: dict) -> dict[str, int]:
     return {k: v for k, v in sorted(diff.items(), key=lambda kv: int(kv[0])) if v}
 
 
-def run_level(url, clients, requests, pairs, expected, seconds, time_limit) -> dict:
-    """`requests` requests from `clients` threads; the counts and timings of the level."""
+def _post_plain(url: str, data: bytes, name: str, lang: str) -> tuple[int, str]:
+    """POST /v1/audio/transcriptions as multipart/form-data with urllib (no client library)."""
+    boundary = "babelora-load-test-boundary"
+    parts = []
+    for field, value in (("model", "babelora"), ("language", lang)):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"\r\n\r\n'
+            f"{value}\r\n".encode()
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(
+        url + "/v1/audio/transcriptions",
+        data=body,
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Authorization": f"Bearer {KEY}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode("utf-8", "replace")
+
+
+def _is_json_4xx(row: dict) -> bool:
+    """A bad request's answer: a 4xx whose JSON error names the offending field."""
+    if not 400 <= row["status"] < 500:
+        return False
+    try:
+        error = json.loads(row["body"])["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(error.get("message")) and error.get("param") == "file"
+
+
+def run_level(url, clients, requests, pairs, expected, seconds, time_limit, bad_every=0) -> dict:
+    """`requests` requests from `clients` threads; the counts and timings of the level.
+
+    Odd-numbered threads use the `openai` client, even-numbered ones plain HTTP (multipart over
+    urllib). With `bad_every` K > 0, every K-th request is a bad one (an upload that is not
+    audio) sent between the good ones: it must get a 4xx JSON error naming the field, and the
+    good requests around it must still get their own transcripts."""
     import openai
 
     lock = threading.Lock()
     state = {"next": 0}
     rows: list[dict] = []
+    bad_rows: list[dict] = []
     deadline = time.monotonic() + time_limit
 
-    def worker():
+    def worker(index: int):
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
         while True:
             with lock:
@@ -142,15 +191,25 @@ def run_level(url, clients, requests, pairs, expected, seconds, time_limit) -> d
                 if i >= requests or time.monotonic() > deadline:
                     return
                 state["next"] += 1
+            if bad_every and i % bad_every == bad_every - 1:
+                status, body = _post_plain(url, b"this is not audio", "bad.wav", "de")
+                with lock:
+                    bad_rows.append({"status": status, "body": body})
+                continue
             k = i % len(pairs)
             clip, lang = pairs[k]
             start = time.perf_counter()
             try:
-                with open(clip, "rb") as f:
-                    text = client.audio.transcriptions.create(
-                        model="babelora", file=f, language=lang
-                    ).text
-                error = None
+                if index % 2:
+                    with open(clip, "rb") as f:
+                        text = client.audio.transcriptions.create(
+                            model="babelora", file=f, language=lang
+                        ).text
+                    error = None
+                else:
+                    status, body = _post_plain(url, Path(clip).read_bytes(), Path(clip).name, lang)
+                    text = json.loads(body)["text"] if status == 200 else None
+                    error = None if status == 200 else f"HTTP {status}: {body[:200]}"
             except Exception as err:  # counted as lost, shown once
                 text, error = None, f"{type(err).__name__}: {err}"
             row = {"pair": k, "latency": time.perf_counter() - start, "text": text}
@@ -160,7 +219,7 @@ def run_level(url, clients, requests, pairs, expected, seconds, time_limit) -> d
 
     before = health(url)
     start = time.perf_counter()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(clients)]
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -178,7 +237,9 @@ def run_level(url, clients, requests, pairs, expected, seconds, time_limit) -> d
         "clients": clients,
         "sent": len(rows),
         "ok": len(ok),
-        "lost": requests - len(ok),
+        "lost": requests - len(bad_rows) - len(ok),
+        "bad_sent": len(bad_rows),
+        "bad_answered_4xx_json": sum(_is_json_4xx(r) for r in bad_rows),
         "mixed_up": len(mixed),
         "differs": len(ok) - len(own) - len(mixed),
         "wall_s": round(wall, 3),
@@ -211,6 +272,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--time-limit", type=float, default=300.0, help="seconds per client count")
+    p.add_argument(
+        "--bad-every",
+        type=int,
+        default=0,
+        help="every K-th request is a bad upload (not audio), interleaved (default 0: none)",
+    )
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -248,14 +315,22 @@ def main(argv=None) -> int:
         log(f"serving on {server.url}")
         for clients in args.clients:
             level = run_level(
-                server.url, clients, args.requests, pairs, expected, seconds, args.time_limit
+                server.url,
+                clients,
+                args.requests,
+                pairs,
+                expected,
+                seconds,
+                args.time_limit,
+                args.bad_every,
             )
             levels.append(level)
             log(
                 f"N={clients}: {level['ok']}/{args.requests} ok, {level['requests_per_s']} req/s, "
                 f"p50 {level['latency_p50_s']} s, p95 {level['latency_p95_s']} s, "
                 f"batches {level['batch_sizes']}, lost {level['lost']}, "
-                f"mixed up {level['mixed_up']}, differs {level['differs']}"
+                f"mixed up {level['mixed_up']}, differs {level['differs']}, "
+                f"bad {level['bad_answered_4xx_json']}/{level['bad_sent']} answered 4xx JSON"
             )
     result = {
         "model": "tiny-random-whisper + 6 random experts" if tiny else args.model,
@@ -266,12 +341,15 @@ def main(argv=None) -> int:
         "batch_wait_ms": args.batch_wait_ms,
         "max_new_tokens": args.max_new_tokens,
         "requests_per_level": args.requests,
+        "bad_every": args.bad_every,
+        "clients_kinds": "odd threads: openai client; even threads: plain HTTP (urllib)",
         "levels": levels,
     }
     print(json.dumps(result, indent=1))
     if args.out:
         write_json(Path(args.out), result)
     bad = sum(level["lost"] + level["mixed_up"] for level in levels)
+    bad += sum(level["bad_sent"] - level["bad_answered_4xx_json"] for level in levels)
     return 1 if bad else 0
 
 
