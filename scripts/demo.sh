@@ -3,13 +3,13 @@
 #   1. corpus: human translations from packages, spoken by espeak-ng and SVOX Pico; its test
 #      split is spoken by espeak-ng speakers that training never hears (unseen speakers)
 #   2. real speech: Fish Fillets NG's Dutch voice acting (Debian's fillets-ng-data-nl)
-#   3. zero-shot base: ASR and X->en speech translation, language given and language predicted
-#      by Whisper's own language identification (language-agnostic)
+#   3. zero-shot: the English-only tiny.en, then base: ASR and X->en speech translation,
+#      language given and language predicted by Whisper's own language identification
 #   4. LoRA language experts on base (decoder side, trained from cached encoder states)
 #   5. the experts, language given and language-agnostic, on unseen speakers and real speech
 #   6. LoRS-Merging of the per-language experts into one adapter
-#   7. every system against zero-shot base: per-language differences with paired bootstrap
-#      95 % intervals (babelora score --baseline)
+#   7. base against tiny.en, and every system against zero-shot base: per-language differences
+#      with paired bootstrap 95 % intervals (babelora score --baseline)
 # Sizes are small so that it finishes in about ten minutes on 2 cores; the numbers are on a
 # few dozen utterances per language, which is why every difference comes with its interval.
 # Scale up with the environment variables.
@@ -46,10 +46,14 @@ evaluate() {
   "${EVAL[@]}" --manifest "$manifest" --out "$OUT/eval_$name" "$@" || true
 }
 
-echo "== 3. zero-shot Whisper base on unseen speakers: language given, then predicted"
+echo "== 3. zero-shot Whisper tiny.en (English only), then base on unseen speakers: language given, then predicted"
+evaluate zero_shot_tiny_en "$OUT/corpus/test.jsonl" --model tiny.en
 evaluate zero_shot "$OUT/corpus/test.jsonl"
 evaluate zero_shot_auto "$OUT/corpus/test.jsonl" --language auto
-[ -z "$REAL_MANIFEST" ] || evaluate zero_shot_real "$REAL_MANIFEST" --limit "$REAL"
+if [ -n "$REAL_MANIFEST" ]; then
+  evaluate zero_shot_tiny_en_real "$REAL_MANIFEST" --limit "$REAL" --model tiny.en
+  evaluate zero_shot_real "$REAL_MANIFEST" --limit "$REAL"
+fi
 
 echo "== 4. LoRA language experts on base: $STEPS steps, decoder side, cached encoder states"
 babelora train configs/experts/experts_tiny.yaml "output_dir=$OUT/experts" model.name=base \
@@ -79,10 +83,12 @@ compare() {  # compare TITLE BASELINE SYSTEM MANIFEST
     --compare-out "$OUT/compare_$3.json" | sed -n '/^## Difference/,$p' | tail -n +2
 }
 {
+  compare "zero-shot base (multilingual) - zero-shot tiny.en (English only), unseen speakers" zero_shot_tiny_en zero_shot "$OUT/corpus/test.jsonl"
   compare "experts, language given - zero-shot, unseen speakers" zero_shot experts "$OUT/corpus/test.jsonl"
   compare "experts, language predicted - zero-shot predicted, unseen speakers" zero_shot_auto experts_auto "$OUT/corpus/test.jsonl"
   compare "LoRS-merged adapter - zero-shot, unseen speakers" zero_shot merged "$OUT/corpus/test.jsonl"
   if [ -n "$REAL_MANIFEST" ]; then
+    compare "zero-shot base - zero-shot tiny.en, real Dutch speech (Fish Fillets NG)" zero_shot_tiny_en_real zero_shot_real "$REAL_MANIFEST"
     compare "experts - zero-shot, real Dutch speech (Fish Fillets NG)" zero_shot_real experts_real "$REAL_MANIFEST"
   fi
 } | tee "$OUT/summary.md"
