@@ -515,7 +515,7 @@ def evaluate(args: argparse.Namespace) -> int:
     unlabelled = [u for u in utts if u.lang is None]
     if mode is None and not args.lid and unlabelled:
         utts = _skip_unlabelled(args, handle, utts, errors)
-        unlabelled = []
+        unlabelled = [u for u in utts if u.lang is None]  # kept only where LID can run
     # predicted rows: --lid / --language auto (all), or the rows without a language (default)
     flags = [bool(args.lid) or mode == AUTO or (mode is None and u.lang is None) for u in utts]
     agnostic = all(flags)
