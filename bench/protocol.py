@@ -100,7 +100,6 @@ class EncoderMemo:
         self.reference = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
         self.states: dict[bytes, torch.Tensor] = {}
         self.hits = self.misses = 0
-        self._attached: set[int] = set()
 
     def matches(self, encoder: torch.nn.Module) -> bool:
         state = encoder.state_dict()
@@ -114,11 +113,10 @@ class EncoderMemo:
 
     def attach(self, model: torch.nn.Module) -> bool:
         encoder = model.get_encoder()
-        if id(encoder) in self._attached:
+        if getattr(encoder.forward, "memo", None) is self:
             return True
         if not self.matches(encoder):
             return False
-        self._attached.add(id(encoder))
         original = encoder.forward
         memo = self
 
@@ -142,13 +140,41 @@ class EncoderMemo:
             stacked = torch.stack([memo.states[k] for k in keys])
             return _Output(stacked)
 
+        forward.memo = memo  # type: ignore[attr-defined]
         encoder.forward = forward
         return True
 
 
 @dataclass
 class _Output:
+    """What WhisperModel.forward reads of an encoder output (`[0]`, hidden states, attentions)."""
+
     last_hidden_state: torch.Tensor
+    hidden_states: None = None
+    attentions: None = None
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return (self.last_hidden_state,)[i]
+
+
+def attach_memo_below(memo: EncoderMemo, model: torch.nn.Module, modules=("mgrf",)) -> bool:
+    """`memo.attach` for an encoder that also carries modules applied to its output by forward
+    hooks (MGRF: `encoder.mgrf`, babelora.adapters.mgrf.attach_to_encoder). The memo replaces only
+    the encoder's own `forward`, so it keeps holding the base encoder's states, and the hooks still
+    run on them at every call. Attaches when the encoder without those modules equals the base
+    exactly and hooks are there to run them; otherwise, as `memo.attach` (False for another
+    encoder). Returns whether the memo serves the encoder."""
+    encoder = model.get_encoder()
+    present = [name for name in modules if name in encoder._modules]
+    if not present:
+        return memo.attach(model)
+    if not encoder._forward_hooks:  # a module nothing runs after the encoder: not ours to skip
+        return False
+    hidden = {name: encoder._modules.pop(name) for name in present}
+    try:
+        return memo.attach(model)  # compares the base encoder's weights only
+    finally:
+        encoder._modules.update(hidden)
 
 
 # ---------------------------------------------------------------------------------- decoding
@@ -285,6 +311,20 @@ def differences(utts: Sequence[Any], rows_a: Sequence[dict], rows_b: Sequence[di
     return [d.to_json() for d in compare(as_hyps(rows_a), as_hyps(rows_b), list(utts))]
 
 
+def scores(utts: Sequence[Any], rows: Sequence[dict]) -> dict:
+    """A row's scores as `babelora score --manifest <sample> --hyps <file>` reports them: per
+    language / direction (WER or CER, BLEU, chrF, chrF++, language confusion) and the macro
+    averages."""
+    from babelora.evaluate.report import score
+
+    report = score(as_hyps(rows), list(utts)).to_json()
+    keep = ("n", "metric", "score", "chrf", "chrf_pp", "confusion", "failed")
+    return {
+        "rows": {r["name"]: {k: r[k] for k in keep} for r in report["rows"]},
+        "averages": report["averages"],
+    }
+
+
 def headline(diffs: Sequence[dict], task: str) -> dict | None:
     """The macro row of a task (`asr` / `st`), or its only row when one language is tested."""
     rows = [d for d in diffs if d["task"] == task]
@@ -307,16 +347,144 @@ def delta(d: dict | None) -> str:
     return f"{x['estimate']:+.1f} [{x['low']:+.1f}, {x['high']:+.1f}]{star}"
 
 
+def language_table(rows: dict[str, Sequence[dict]], langs: Sequence[str]) -> str:
+    """Markdown: each system's WER per language and BLEU per X->en direction, from its
+    differences (`rows`: system -> differences list; the B side is the system's score)."""
+    lines = ["| system | " + " | ".join(f"WER {x}" for x in langs) + " | "
+             + " | ".join(f"BLEU {x}-en" for x in langs) + " |",
+             "|---" * (1 + 2 * len(langs)) + "|"]  # fmt: skip
+    for system, diffs in rows.items():
+        by_row = {d["row"]: d for d in diffs}
+        cells = [cell(by_row.get(x)) for x in langs]
+        cells += [cell(by_row.get(f"{x}-en")) for x in langs]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def save_rows(folder: Path, system: str, test: str, rows: Sequence[dict], seed: int = 0) -> Path:
     """bench/results/<table>/<system>.<test set>.jsonl.gz (seed k > 0: <system>.seed<k>....)."""
     name = system if seed == 0 else f"{system}.seed{seed}"
     return write_hypotheses(folder / f"{name}.{test}.jsonl.gz", rows)
 
 
+def model_label(budget_model: str, model: str) -> str:
+    """The model as a report names it (`budget.model`): the smoke budget's tiny random model
+    (made from seed 0, so the same everywhere) by that name, any other by its name or path."""
+    return "tiny random multilingual" if budget_model == "smoke" else model
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Hypothesis rows of a `.jsonl.gz` written by `save_rows`."""
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def reused_zero_shot(
+    report: Path | None, ts: TestSet, hyps_dir: Path, model: str, max_new_tokens: int
+) -> tuple[list[dict] | None, str]:
+    """The zero-shot rows of `ts` from another table's run (`report`: its results JSON, e.g.
+    bench/results/experts.json), when that run decoded exactly this input: the same sampled
+    manifest (byte for byte: ids, audio, references), the same model and token limit, and the
+    protocol's fixed zero-shot options (10 s input, greedy). The zero-shot row is identical in
+    every table, so decoding it once saves ~20 % of a table's CPU. Returns (rows or None, why)."""
+    if report is None:
+        return None, "no --zero-shot-from"
+    if not report.is_file():
+        return None, f"{report} not found"
+    meta = json.loads(report.read_text())
+    budget = meta.get("budget", {})
+    if (budget.get("model"), budget.get("max_new_tokens")) != (model, max_new_tokens):
+        got = f"{budget.get('model')}, {budget.get('max_new_tokens')} tokens"
+        return None, f"{report} decoded another model or token limit ({got})"
+    folder = Path(meta["hypotheses"])
+    folder = folder if folder.is_absolute() else report.resolve().parents[2] / folder
+    theirs, ours = folder / f"{ts.name}.manifest.jsonl", hyps_dir / f"{ts.name}.manifest.jsonl"
+    if not theirs.is_file() or theirs.read_bytes() != ours.read_bytes():
+        return None, f"{theirs} is not this run's {ts.name} sample"
+    source = folder / f"zero_shot.{ts.name}.jsonl.gz"
+    if not source.is_file():
+        return None, f"{source} not found"
+    rows = read_rows(source)
+    if [r["id"] for r in rows] != [u.id for u in ts.utts]:
+        return None, f"{source} holds other rows"
+    if source.resolve() != (hyps_dir / source.name).resolve():
+        shutil.copyfile(source, hyps_dir / source.name)
+    return rows, f"reused from {source}"
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------- reporting
+def setting(record: dict | None) -> dict:
+    """What a trained row trains, from its run's run_info.json (the engine's label, trainable
+    parameter count, whether it trained from the encoder-state cache); None: nothing."""
+    if record is None:
+        return {"trains": "nothing", "parameters": 0, "encoder_cache": False}
+    info = record["run_info"]
+    return {
+        "trains": info["trains"],
+        "parameters": int(sum(info["trainable_parameters"].values())),
+        "encoder_cache": bool(info["encoder_cache"]["used"]),
+    }
+
+
+def slim(record: dict) -> dict:
+    """A train_once record for the results JSON (without the final folder's path)."""
+    keep = ("seconds", "cpu_seconds", "steps", "train_loss", "losses", "cached", "config")
+    out = {k: record.get(k) for k in keep}
+    out["overrides"] = record.get("overrides")
+    out["run_info"] = {
+        k: record["run_info"].get(k)
+        for k in ("recipe", "trains", "trainable_parameters", "encoder_cache")
+    }
+    return out
+
+
+def relative(path: Path, root: Path) -> Path:
+    """`path` relative to `root` when inside it (results JSON keep repository paths short)."""
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path
+
+
+def machine(threads: int) -> dict:
+    import os
+    import platform
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main(argv, parse_args: Callable, run: Callable, markdown: Callable) -> None:
+    """A table's command line: parse, run, write <out>.json and <out>.md, print the tables."""
+    import os
+    import sys
+
+    from common import log, write_json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    report = run(args)
+    write_json(args.out, report)
+    text = markdown(report)
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    log(f"results in {args.out}; total {report['wall_s']:.0f} s")
 
 
 # ---------------------------------------------------------------------------- smoke model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference.corpus import write_corpus
+from reference.corpus import with_st, write_corpus
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -26,17 +26,6 @@ def load(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
-
-
-def with_st(manifest: Path) -> None:
-    """Add an ST X->en row for every ASR row (same audio), as corpus builds have."""
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    out = []
-    for r in rows:
-        out.append({**r, "task": "asr"})
-        out.append({**r, "id": r["id"] + "-st", "task": "st", "target_lang": "en",
-                    "translation": "good " + r["text"]})  # fmt: skip
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in out))
 
 
 @pytest.fixture(scope="module")

@@ -1,52 +1,115 @@
-"""Helpers of bench/merging.py: test subset, normalised performance, encoder cache, recipes."""
+"""bench/merging.py to the evaluation protocol: a `--budget smoke` run of the whole table on a
+tiny corpus (kept hypotheses re-scored by babelora.evaluate give the stored cells), plus its
+normalised performance and merge recipes."""
 
 from __future__ import annotations
 
-import copy
+import gzip
 import importlib.util
+import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
+from reference.corpus import with_st, write_corpus
 
 from babelora.merging.recipe import load_recipe
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "merging.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_merging", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load("merging")
 
 
-def utt(uid, lang, task, audio, target=None):
-    return SimpleNamespace(id=uid, lang=lang, task=task, audio_filepath=audio, target_lang=target)
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, bench):
+    root = tmp_path_factory.mktemp("corpus")
+    for name, seed in (("train", 0), ("test", 2), ("test_noisy", 3)):
+        with_st(write_corpus(root, {"de": 3, "fr": 3}, seed=seed, name=name))
+    real = tmp_path_factory.mktemp("real")
+    with_st(write_corpus(real, {"de": 2}, seed=4, name="fillets"))
+    out = tmp_path_factory.mktemp("out")
+    argv = ["--budget", "smoke", "--data", str(root), "--real", str(real / "fillets.jsonl"),
+            "--langs", "de,fr", "--threads", "1", "--work", str(out / "work"),
+            "--out", str(out / "results" / "merging.json")]  # fmt: skip
+    bench.main(argv)
+    report = json.loads((out / "results" / "merging.json").read_text())
+    return report, out / "results"
 
 
-def test_subset_pairs_st_with_the_asr_audio_and_tops_up(bench):
-    utts = [
-        utt("de-st-b", "de", "st", "b", "en"),
-        utt("de-asr-a", "de", "asr", "a"),
-        utt("de-asr-b", "de", "asr", "b"),
-        utt("de-asr-c", "de", "asr", "c"),
-        utt("en-st-de", "en", "st", "e", "de"),  # en->X: never chosen
-        utt("de-st-a", "de", "st", "a", "en"),
-        utt("de-st-z", "de", "st", "z", "en"),
-        utt("fr-asr-f", "fr", "asr", "f"),
-    ]
-    chosen = [u.id for u in bench.test_subset(utts, ["de", "fr"], 2)]
-    assert chosen == ["de-asr-a", "de-asr-b", "de-st-a", "de-st-b", "fr-asr-f"]
-    three = [u.id for u in bench.test_subset(utts, ["de"], 3)]
-    assert three == ["de-asr-a", "de-asr-b", "de-asr-c", "de-st-a", "de-st-b", "de-st-z"]
+@pytest.mark.slow  # ~40 s: nine `babelora merge` subprocesses
+def test_smoke_table_has_every_row_and_setting(smoke, bench):
+    report, results = smoke
+    assert report["systems"][0] == "zero_shot"
+    assert report["systems"] == list(bench.SYSTEMS)
+    assert set(report["test_sets"]) == {"test", "test_noisy", "real"}
+    assert report["test_sets"]["test"]["rows"] == 8  # 2 per (language, task)
+    settings = report["settings"]
+    assert settings["zero_shot"]["trains"] == "nothing"
+    for system in bench.SYSTEMS[1:]:  # decoder-only, from the encoder-state cache
+        assert settings[system]["trains"] == "decoder", system
+        assert settings[system]["encoder_cache"], system
+    for name, run in report["train"].items():  # multi-task: the fine-tunes' total steps
+        assert run["steps"] == (2 * 2 if name.startswith("multi_task") else 2), name
+    # every trained row keeps the base encoder bit for bit: decoded from the memo
+    decoded = {k: v for k, v in report["decode"].items() if k != "encoder_memo"}
+    assert len(decoded) == len(bench.SYSTEMS) * 3
+    assert all(v["encoder_memo"] for v in decoded.values())
+    assert report["decode"]["encoder_memo"]["hits"] > 0
+    assert report["expansion"]["0"]["max_abs_diff_vs_fresh"] < 1e-5
+    for system in bench.SYSTEMS:
+        entry = report["results"][system]["0"]["real"]
+        assert {"vs_zero_shot", "scores", "np", "np_fine"} <= set(entry)
+        assert ("vs_multi_task" in entry) == (system not in ("zero_shot", "multi_task"))
+    table = (results / "merging.md").read_text()
+    first = [line for line in table.splitlines() if line.startswith("| zero_shot")]
+    assert first and all("Δ" not in line for line in first)
+    assert table.index("| zero_shot") < table.index("| multi_task") < table.index("| lors |")
+
+
+@pytest.mark.slow
+def test_hypotheses_are_kept_and_rescored_by_babelora_evaluate(smoke, bench):
+    from babelora.data.manifest import read_manifest
+    from babelora.evaluate import ScoreConfig, score
+    from babelora.evaluate.compare import compare
+    from babelora.evaluate.hypotheses import parse_hypothesis
+
+    report, results = smoke
+    hyps = results / "merging"
+
+    def read(system: str, test: str) -> dict:
+        with gzip.open(hyps / f"{system}.{test}.jsonl.gz", "rt") as f:
+            rows = [json.loads(x) for x in f]
+        assert len(rows) == report["test_sets"][test]["rows"]
+        return {r["id"]: parse_hypothesis(r, "test") for r in rows}
+
+    for test in report["test_sets"]:
+        utts = read_manifest(hyps / f"{test}.manifest.jsonl")
+        assert len(utts) == report["test_sets"][test]["rows"]
+        zero, multi = read("zero_shot", test), read("multi_task", test)
+        for system in bench.SYSTEMS:
+            mine = read(system, test)
+            entry = report["results"][system]["0"][test]
+            got = [d.to_json() for d in compare(zero, mine, utts)]
+            assert got == entry["vs_zero_shot"], (system, test)
+            if "vs_multi_task" in entry:
+                got = [d.to_json() for d in compare(multi, mine, utts)]
+                assert got == entry["vs_multi_task"], (system, test)
+            texts = {k: h.hypothesis for k, h in mine.items()}
+            rows = score(texts, utts, ScoreConfig(langid=False)).rows
+            wer = {r.lang: r.score for r in rows if r.task == "asr"}
+            assert wer == {k: v["wer"] for k, v in entry["scores"].items() if "wer" in v}
 
 
 def test_normalised_inverts_error_rates_and_skips_zero_references(bench):
@@ -57,60 +120,30 @@ def test_normalised_inverts_error_rates_and_skips_zero_references(bench):
     assert out == {"value": pytest.approx(2.0 / 3.0), "pairs": 3, "skipped": 1}
     assert bench.normalised(ref, ref, ["de"], ("wer", "bleu"))["value"] == 1.0
     assert bench.accuracy_like("cer", 130.0) == 0.0
-    assert bench.averages(got, ["de", "fr"]) == {"wer": 60.0, "bleu": 10.0}
 
 
-def test_bootstrap_halfwidth(bench):
-    assert bench.bootstrap_halfwidth({"de": [(1, 4)] * 10, "fr": [(0, 3)] * 5}) == 0.0
-    noisy = {"de": [(0, 2), (2, 2)] * 10}
-    width = bench.bootstrap_halfwidth(noisy, iters=2000)
-    # per-utterance rates 0 or 100, n = 20: standard error 50 / sqrt(20) = 11.2, 95 % ~ 22
-    assert 15 < width < 30
-    assert width == bench.bootstrap_halfwidth(noisy, iters=2000)  # seeded
-    assert bench.bootstrap_halfwidth({"de": []}) is None
-
-
-def test_encoder_cache_reuses_outputs_only_for_the_base_encoder(bench):
-    from merging_zoo import tiny_model
-
-    base = tiny_model(0)
-    cache = bench.EncoderCache(base.get_encoder().state_dict())
-    feats = torch.randn(2, 80, 64)
-    expected = base.get_encoder()(feats).last_hidden_state
-    model = copy.deepcopy(base)
-    assert cache.attach(model)
-    first = model.get_encoder()(feats).last_hidden_state
-    second = model.get_encoder()(feats.clone()).last_hidden_state
-    assert torch.equal(first, expected) and second is first
-    assert (cache.hits, cache.misses) == (1, 1)
-    other = copy.deepcopy(base)
-    with torch.no_grad():
-        other.get_encoder().layers[0].fc1.weight.add_(1e-3)
-    assert not cache.attach(other)
-
-
-def test_merge_recipes_validate(bench, tmp_path):
-    settings = SimpleNamespace(seed=0)
+def test_merge_recipes_validate_and_keep_a_frozen_encoder(bench, tmp_path):
     inputs = {"de": tmp_path / "de", "fr": tmp_path / "fr"}
-    for mode in ("full", "lora"):
-        for name, (method, params) in bench.METHODS.items():
+    for name, (method, params) in bench.METHODS.items():
+        for frozen in (True, False):
             data = bench.merge_recipe(
-                settings, tmp_path / "base", inputs, method, params, tmp_path / name, mode, 16
+                tmp_path / "base", inputs, method, params, tmp_path / name, 0, frozen
             )
             recipe = load_recipe(data)
-            assert recipe.method == method and recipe.output.kind == mode
-            assert all(s.check_base == (mode == "full") for s in recipe.inputs)
+            assert recipe.method == method and recipe.output.kind == "full"
+            assert recipe.exclude == (("model.encoder.*",) if frozen else ())
     expand = {"merged": str(tmp_path / "lors"), "renormalize": True}
     data = bench.merge_recipe(
-        settings,
-        tmp_path / "base",
-        {"pt": tmp_path / "pt"},
-        "lors",
-        {},
-        tmp_path / "x",
-        "lora",
-        24,
-        expand,
+        tmp_path / "base", {"pt": tmp_path / "pt"}, "lors", {}, tmp_path / "x", 0, True, expand
     )
-    recipe = load_recipe(data)
-    assert recipe.expand.renormalize and recipe.output.rank == 24
+    assert load_recipe(data).expand.renormalize
+
+
+def test_multi_task_trains_the_six_fine_tunes_total_steps(bench, tmp_path):
+    b = bench.BUDGETS["cpu"]
+    assert not b.whole_model and bench.BUDGETS["full"].whole_model
+    langs = list(bench.LANGS)
+    one = bench.train_overrides(b, ["de"], "base", tmp_path / "t", tmp_path / "de", 0)
+    six = bench.train_overrides(b, langs, "base", tmp_path / "t", tmp_path / "mt", 0)
+    assert f"max_steps={b.steps}" in one and f"max_steps={6 * b.steps}" in six
+    assert "recipe.params.train_encoder=False" in one

@@ -48,6 +48,17 @@ def write_corpus(
     return manifest
 
 
+def with_st(manifest: Path) -> None:
+    """Add an ST X->en row for every ASR row (same audio), as corpus builds have."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    out = []
+    for r in rows:
+        out.append({**r, "task": "asr"})
+        out.append({**r, "id": r["id"] + "-st", "task": "st", "target_lang": "en",
+                    "translation": "good " + r["text"]})  # fmt: skip
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in out))
+
+
 def base_config(root: Path, out: Path, **extra) -> dict:
     """A config dict for a tiny, fast run (tiny random Whisper, CPU) on `root/train.jsonl`
     (written when missing); `extra` holds dotted overrides such as `optim.lr=1e-2`."""

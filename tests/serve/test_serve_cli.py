@@ -62,3 +62,10 @@ def test_serve_loads_the_model_and_its_app_answers(tmp_path, monkeypatch, expert
         bad = openai.OpenAI(base_url=server.url + "/v1", api_key="nope", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             bad.models.list()
+
+
+def test_serve_on_a_missing_gpu_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["serve", "--model", "tiny.en", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda: no CUDA GPU is available here" in err and "\n" not in err

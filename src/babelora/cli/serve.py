@@ -110,11 +110,13 @@ def engine_from_args(args: argparse.Namespace):
     """Load the model once (base, adapter or expert set, LID head)."""
     import torch
 
+    from babelora.decode.memory import check_device
     from babelora.decode.search import DecodeOptions
     from babelora.serve.engine import Engine, runner_options
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args.device)  # a one-line error before any weight is read
     return Engine.load(
         args.model,
         args.adapter,
