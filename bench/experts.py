@@ -33,8 +33,8 @@ Budgets (`--budget`; single options below override):
   smoke  tiny random multilingual Whisper (base's tokenizer), a few steps and rows: 1-2 min
   cpu    Whisper base, decoder-side training (experts on the `whisper-decoder` preset, the joint
          LoRA on the decoder's same linears, full fine-tuning of the decoder) so every system
-         trains from the encoder-state cache; sized for < 60 min on 2 quiet cores (estimate in
-         the `cpu` budget's comment and in the results JSON)
+         trains from the encoder-state cache; 120 steps, sized for < 60 min on 2 quiet cores
+         (timings in the `cpu` budget's comment and in the results JSON)
   full   Whisper base, whole-model training (encoder + decoder), all rows, seeds 0, 1, 2: a GPU
 
     python bench/experts.py --budget smoke --data /tmp/corpus_default \\
@@ -109,16 +109,11 @@ class Budget:
     kd_weight: float = 1.0
 
 
-# `cpu` sizing, from CPU seconds measured on the 2-core machine (1 thread, loaded, so pessimistic;
-# Whisper base fp32): a decoder-only experts step from cached states with 60 s of audio (~30
-# clips at their own length) 2.0 s (the same audio padded to 10 s per clip: 5.5 s for 6 clips,
-# hence min_input_seconds 0); filling the cache 0.07 s per clip; zero-shot decoding at 10 s
-# 0.64 s per row, of which the encoder 0.42 s per clip. Estimate of the table (CPU seconds):
-# training ~1,700 (experts, joint, decoder full FT 150 steps each, distillation 1.5x, two
-# fusions 30 steps, fill), decoding the 1,200-row synthetic test ~2,200 (zero-shot ~550; seven
-# trained rows x 1,200 x ~0.18 s with the encoder memoised per clip), real speech (200 rows)
-# ~360, noisy copy at 50 per group ~1,100: ~3,900-5,300 s of one thread, i.e. ~40 min on 2
-# quiet cores without a noisy set and ~52 min with one.
+# `cpu` sizing. Measured (bench/results/experts.json of 2026-11-27, 150 steps, 2 threads on a
+# loaded 2-core machine): training 2,564 s wall (decoder full FT 1,117, distillation 605,
+# experts 431, joint LoRA 312, two fusions 50 each), decoding the three test sets ~1,900 s,
+# 75 min in all. 120 steps (every trained system still ends far below zero-shot) and the same
+# test sets are sized for < 60 min on 2 quiet cores.
 BUDGETS = {
     "smoke": Budget(
         model="smoke",
@@ -142,10 +137,10 @@ BUDGETS = {
     "cpu": Budget(
         model="base",
         whole_model=False,
-        steps=150,
+        steps=120,
         fusion_steps=30,
         batch_seconds=60.0,
-        warmup=15,
+        warmup=12,
         rank=8,
         train_per_group=120,
         dev_per_group=16,

@@ -74,9 +74,11 @@ STOP = VOCAB - 1  # the end token babelora is given when decoding a forced token
 PROMPT = [SOT, 50259, 50359, 50363]  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
 FRAMES_PER_SECOND = 100
 LANGS = ("de", "en", "fr")
+DECODE_SYSTEMS = (("dynamic", 10), ("static", 10), ("static", 30), ("transformers", 30))
+EXPERT_LANGS = ("de", "fr")  # the correctness check's experts; its third row kind has none
 
 
-def random_whisper(shape: str, seed: int = 0):
+def random_whisper(shape: str, seed: int = 0, **overrides):
     """A random-weight Whisper of a real shape, eval mode, variable-length encoder."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -94,7 +96,7 @@ def random_whisper(shape: str, seed: int = 0):
         bos_token_id=EOT,
         suppress_tokens=[],
         begin_suppress_tokens=[220, EOT],
-        **SHAPES[shape],
+        **{**SHAPES[shape], **overrides},
     )
     model = WhisperForConditionalGeneration(config)
     with torch.no_grad():  # STOP's logit is exactly 0, below the max of 51864 random logits
@@ -150,15 +152,17 @@ def timed(fn, device, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def bench_decoding(args, device) -> list[dict]:
-    rows_out = []
+def bench_decoding(args, device, progress=lambda rows: None) -> list[dict]:
+    """One row per (shape, dtype, batch, system); a system that fails records its error.
+    `progress(rows)` after each row (partial results survive a time limit)."""
+    rows_out: list[dict] = []
     for shape in args.shapes:
         base = random_whisper(shape)
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             model = base.to(device, dtype)
             for batch in args.batches:
-                systems = [("dynamic", 10), ("static", 10), ("static", 30), ("transformers", 30)]
+                systems = list(DECODE_SYSTEMS)
                 if args.hf_static:
                     systems.append(("transformers-static", 30))
                 for system, seconds in systems:
@@ -168,9 +172,6 @@ def bench_decoding(args, device) -> list[dict]:
                         run = partial(hf_generate, model, feats, args.tokens, cache)
                     else:
                         run = partial(babelora_decode, model, feats, args.tokens, system)
-                    secs, out = timed(run, device, args.repeats)
-                    if not system.startswith("transformers"):  # the forced count held
-                        assert all(len(h.tokens) == args.tokens for h in out), system
                     row = dict(
                         model=shape,
                         dtype=dtype_name,
@@ -178,13 +179,27 @@ def bench_decoding(args, device) -> list[dict]:
                         system=system,
                         input_seconds=seconds,
                         tokens=args.tokens,
-                        wall_s=round(secs, 4),
-                        audio_s_per_s=round(batch * seconds / secs, 1),
-                        tokens_per_s=round(batch * args.tokens / secs, 1),
                     )
+                    try:
+                        secs, out = timed(run, device, args.repeats)
+                    except Exception as err:  # noqa: BLE001 - one failed system: keep the rest
+                        row["error"] = f"{type(err).__name__}: {err}"[:500]
+                    else:
+                        if not system.startswith("transformers"):  # the forced count held
+                            assert all(len(h.tokens) == args.tokens for h in out), system
+                        row.update(
+                            wall_s=round(secs, 4),
+                            audio_s_per_s=round(batch * seconds / secs, 1),
+                            tokens_per_s=round(batch * args.tokens / secs, 1),
+                        )
+                        if system == "static":
+                            row["graphs"] = graph_state(model)
                     print(row, flush=True)
                     rows_out.append(row)
+                    progress(rows_out)
                     del feats
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
             base = model.float().cpu()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -259,29 +274,81 @@ def bench_training(args, device) -> list[dict]:
     return out
 
 
-def check_correctness(device) -> dict:
-    """Tiny random model: static/graph tokens == dynamic tokens (CPU, device), device loss ==
-    CPU loss."""
-    from babelora.models.whisper import tiny_random_whisper
+def _varied_test_model(seed: int = 0):
+    """The `test` shape with small weights and a live end token: rows end by EOT, by the
+    repetition guard and by the token limit within ~20 tokens (no tokenizer needed)."""
+    model = random_whisper("test", seed, init_std=0.15)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.proj_out.weight[EOT] = torch.randn(SHAPES["test"]["d_model"], generator=g)
+    return model
 
-    handle = tiny_random_whisper(seed=0, init_std=0.1)
+
+def _expert_model(seed: int = 0):
+    """`_varied_test_model` with de/fr language experts acting from the start."""
+    from babelora.adapters import LoRAConfig, inject, language_experts
+
+    model = _varied_test_model(seed)
+    adapter = inject(model, language_experts(LoRAConfig(rank=4, alpha=8.0), EXPERT_LANGS))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model, adapter
+
+
+def _mixed_decode(model, adapter, enc, opts) -> list:
+    """A mixed-language batch (de, fr, and a row without experts), routed per row."""
+    langs = [EXPERT_LANGS[i % 2] for i in range(enc.shape[0])]
+    langs[-1] = None
+    adapter.set_routing(langs=langs, decoding=True)
+    prompts = [[SOT, 50261, 50359, 50363]] * enc.shape[0]
+    with torch.no_grad():
+        return generate(model, enc, prompts, EOT, opts, [adapter.context.reorder])
+
+
+def _same(a: list, b: list) -> bool:
+    return [h.tokens for h in a] == [h.tokens for h in b] and all(
+        abs(x.logprob - y.logprob) <= 1e-3 for x, y in zip(a, b)
+    )
+
+
+def check_correctness(device) -> dict:
+    """Tiny random models: static/graph tokens == dynamic tokens (CPU and the device; greedy
+    and beam 3; a mixed-language expert batch, replayed a second time from its captured
+    graphs); the device's training loss == the CPU loss."""
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        handle.model.proj_out.weight[handle.eot_id] = torch.randn(64, generator=g) * 0.4
-    enc = torch.randn(12, 40, 64, generator=g)
-    prompts = [PROMPT[:1] + [50260, 50359, 50363]] * 12
+    enc = torch.randn(12, 40, SHAPES["test"]["d_model"], generator=g)
     opts = DecodeOptions(max_new_tokens=20)
-    result = {}
+    result: dict = {}
+    model = _varied_test_model()
     with torch.no_grad():
-        want = [h.tokens for h in generate(handle.model, enc, prompts, handle.eot_id, opts)]
+        want = generate(model, enc, [PROMPT] * 12, EOT, opts)
+        result["ends"] = sorted(
+            {"guard" if h.hit_guard else "limit" if len(h.tokens) == 20 else "eot" for h in want}
+        )
         for name, where in (("cpu", torch.device("cpu")), (device.type, device)):
-            model = handle.model.to(where)
+            model.to(where)
             for kv in ("dynamic", "static"):
-                got = generate(
-                    model, enc.to(where), prompts, handle.eot_id, replace(opts, kv_cache=kv)
-                )
-                result[f"tokens_equal_{name}_{kv}"] = [h.tokens for h in got] == want
-        handle.model.cpu()
+                got = generate(model, enc.to(where), [PROMPT] * 12, EOT, replace(opts, kv_cache=kv))
+                result[f"tokens_equal_{name}_{kv}"] = _same(got, want)
+        model.cpu()
+    experts, adapter = _expert_model()
+    experts.to(device)
+    for beam in (1, 3):  # the static path against the dynamic path on the same device
+        beam_opts = replace(opts, beam_size=beam)
+        static = replace(beam_opts, kv_cache="static")
+        one, two = enc[:9].to(device), enc[3:].to(device)
+        want = _mixed_decode(experts, adapter, one, beam_opts)
+        first = _mixed_decode(experts, adapter, one, static)
+        again = _mixed_decode(experts, adapter, one, static)  # replays the captured steps
+        other_want = _mixed_decode(experts, adapter, two, beam_opts)
+        other = _mixed_decode(experts, adapter, two, static)  # replays them on other audio
+        result[f"experts_equal_{device.type}_static_beam{beam}"] = (
+            _same(first, want) and _same(again, want) and _same(other, other_want)
+        )
+    result["graph_captures"] = graph_state(experts)["captures"]
     _, cpu_losses = train_steps("test", torch.device("cpu"), 6, 2.0, 2, bf16=False)
     _, dev_losses = train_steps("test", device, 6, 2.0, 2, bf16=False)
     result["loss_cpu"], result["loss_device"] = cpu_losses, dev_losses
@@ -289,6 +356,43 @@ def check_correctness(device) -> dict:
         abs(a - b) <= 1e-4 * max(1.0, abs(a)) for a, b in zip(cpu_losses, dev_losses)
     )
     return result
+
+
+def graph_state(model) -> dict:
+    """How many decoding steps were captured for `model`, and whether a capture failed (then
+    its static path ran eagerly)."""
+    from babelora.decode.static_cache import _POOLS
+
+    runners = [e.runner for e in _POOLS.get(model, {}).values() if e.runner is not None]
+    return {
+        "captures": sum(r.captures for r in runners),
+        "failed": any(r.failed for r in runners),
+    }
+
+
+def summary(report: dict) -> list[str]:
+    """A short table: audio s/s of each system per (model, dtype, batch), and babelora's best
+    over transformers' best."""
+    lines = [
+        "model dtype batch | " + " | ".join(f"{s}@{t}s" for s, t in DECODE_SYSTEMS) + " | ratio"
+    ]
+    groups: dict = {}
+    for r in report["decoding"]:
+        groups.setdefault((r["model"], r["dtype"], r["batch"]), {})[
+            (r["system"], r["input_seconds"])
+        ] = r.get("audio_s_per_s")
+    for (m, d, b), got in groups.items():
+        ours = max((v or 0) for (s, _), v in got.items() if not s.startswith("transformers"))
+        theirs = max((v or 0) for (s, _), v in got.items() if s.startswith("transformers"))
+        cells = " | ".join(str(got.get(k, "-")) for k in DECODE_SYSTEMS)
+        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+        lines.append(f"{m} {d} {b} | {cells} | {ratio}")
+    for r in report["training"]:
+        lines.append(
+            f"train {r['model']} {r['precision']}: {r['steps_per_s']} steps/s, "
+            f"{r['audio_s_per_s']} audio s/s"
+        )
+    return lines
 
 
 def cpu_static_speed(args) -> list[dict]:
@@ -343,21 +447,29 @@ def main(argv: list[str] | None = None) -> int:
         args.train_rows, args.train_seconds, args.train_steps = 12, 10.0, 20
         args.train_bf16 = [False, True]
     start = time.perf_counter()
-    report = {
+    out = Path(args.out or here / "results/gpu.json")
+    report: dict = {
         "date": date.today().isoformat(),
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
         "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
         "smoke": args.smoke,
-        "checks": check_correctness(device),
-        "decoding": bench_decoding(args, device),
-        "training": bench_training(args, device),
+        "complete": False,
     }
+    report["checks"] = check_correctness(device)
+    print("checks", report["checks"], flush=True)
+    write_json(out, report)
+    report["decoding"] = bench_decoding(
+        args, device, lambda rows: write_json(out, {**report, "decoding": rows})
+    )
+    report["training"] = bench_training(args, device)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    out = Path(args.out or here / "results/gpu.json")
+    report["complete"] = True
     write_json(out, report)
     print(f"wrote {out} ({report['seconds']} s)")
+    print("\n".join(summary(report)))
     ok = all(v for k, v in report["checks"].items() if k.endswith("equal") or "_equal_" in k)
     return 0 if ok else 1
 

@@ -22,6 +22,9 @@ def test_gpu_bench_smoke(tmp_path):
     report = json.loads(out.read_text())
     checks = report["checks"]
     assert checks["tokens_equal_cpu_static"] and checks["losses_equal"]
+    assert checks["experts_equal_cpu_static_beam1"] and checks["experts_equal_cpu_static_beam3"]
+    assert checks["ends"] == ["eot", "guard", "limit"]  # the check covers every way a row ends
+    assert report["complete"]
     systems = {(r["system"], r["input_seconds"]) for r in report["decoding"]}
     assert systems == {("dynamic", 10), ("static", 10), ("static", 30), ("transformers", 30)}
     assert all(r["audio_s_per_s"] > 0 for r in report["decoding"] + report["training"])

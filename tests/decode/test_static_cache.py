@@ -229,6 +229,29 @@ def test_compiled_step_equals_dynamic():
     same(dynamic, static)
 
 
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_captured_steps_replay_for_the_next_batch_of_that_shape(experts, monkeypatch, beam_size):
+    """A captured step replays for every later batch of its shape, so it must read and write
+    only what outlives the batch that captured it. CPU stand-in for a CUDA graph: "capture"
+    keeps the capturing batch's closure and a replay calls it (a stale reference to that
+    batch's state then decodes the next batch wrongly, as a stale address does on a GPU)."""
+    from babelora.decode import graphs, static_cache
+
+    monkeypatch.setattr(static_cache, "resolve_graphs", lambda mode, device: "cuda")
+    monkeypatch.setattr(graphs.GraphRunner, "_capture", lambda self, fn, mode, restore: fn)
+    handle, adapter = experts
+    static_cache._POOLS.pop(handle.model, None)
+    opts = DecodeOptions(beam_size=beam_size, max_new_tokens=20)
+    for seed in (1, 2, 3):  # three batches of one shape, different audio
+        enc = encoder_states(9, seed=seed)
+        dynamic = _mixed(handle, adapter, enc, opts)
+        static = _mixed(handle, adapter, enc, replace(opts, kv_cache="static", graphs="cuda"))
+        same(dynamic, static)
+    runners = [e.runner for e in static_cache._POOLS[handle.model].values()]
+    assert sum(r.captures for r in runners) >= 1 and not any(r.failed for r in runners)
+    static_cache._POOLS.pop(handle.model, None)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -242,3 +265,6 @@ def test_cuda_graphs_equal_dynamic(beam_size):
     same(dynamic, static)
     again = _mixed(handle, adapter, enc, replace(opts, kv_cache="static", graphs="cuda"))
     same(dynamic, again)  # graphs captured by the first batch replay for the second
+    other = encoder_states(9, seed=2).cuda()  # and for a batch of other audio
+    want = _mixed(handle, adapter, other, opts)
+    same(want, _mixed(handle, adapter, other, replace(opts, kv_cache="static", graphs="cuda")))

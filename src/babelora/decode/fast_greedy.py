@@ -52,15 +52,18 @@ def guard_cut(tokens: Tensor, t: Tensor, guard: int, max_ngram: int) -> tuple[Te
 
 
 class GreedyState:
-    """Per-row device state of the loop, capacity C rows, S steps."""
+    """Per-row device state of the loop, capacity C rows, S steps: buffers of the decoder's
+    engine (a captured step replays on them for every later batch of the same shape), reset."""
 
-    def __init__(self, capacity: int, steps: int, eot: int, device: torch.device):
-        self.tokens = torch.full((capacity, steps), eot, dtype=torch.long, device=device)
-        self.scores = torch.zeros(capacity, dtype=torch.float32, device=device)
-        self.done = torch.zeros(capacity, dtype=torch.bool, device=device)
-        self.length = torch.zeros(capacity, dtype=torch.long, device=device)
-        self.hit = torch.zeros(capacity, dtype=torch.bool, device=device)
-        self.t = torch.zeros(1, dtype=torch.long, device=device)
+    def __init__(self, dec: StaticWhisperDecoder, capacity: int, steps: int, eot: int):
+        buf = dec.engine.buffer
+        self.tokens = buf("greedy.tokens", (capacity, steps), torch.long, fill=eot)
+        self.scores = buf("greedy.scores", (capacity,), torch.float32)
+        self.done = buf("greedy.done", (capacity,), torch.bool, fill=False)
+        self.length = buf("greedy.length", (capacity,), torch.long)
+        self.hit = buf("greedy.hit", (capacity,), torch.bool, fill=False)
+        self.t = buf("greedy.t", (1,), torch.long)
+        self.suppress: Tensor | None = None
 
     def tensors(self) -> list[Tensor]:
         return [self.tokens, self.scores, self.done, self.length, self.hit]
@@ -82,8 +85,8 @@ def _update(
 ) -> None:
     """Pick each row's token from logp (b, V) and advance the state (all on the device)."""
     options = task.options
-    if task.suppress is not None:
-        logp = logp.masked_fill(task.suppress, float("-inf"))
+    if st.suppress is not None:
+        logp = logp.masked_fill(st.suppress, float("-inf"))
     if first and options.suppress_blank:
         logp[:, list(task.blank)] = float("-inf")
     best = logp.argmax(-1)
@@ -120,10 +123,22 @@ def greedy_on_device(task, sync_every: int = 8) -> list[Row]:
     the device; one (tokens, logprob, hit_guard) per row."""
     dec: StaticWhisperDecoder = task.decoder  # type: ignore[assignment]
     batch = len(task.prompts)
-    st = GreedyState(batch, task.max_new, task.eot, dec.device)
     results: list[Row | None] = [None] * batch
     rows = list(range(batch))  # original row of each decoder row (-1: padding)
-    _update(task, dec, st, dec.prefill(task._prompt_inputs(range(batch))), batch, first=True)
+    logp = dec.prefill(task._prompt_inputs(range(batch)))  # allocates the engine
+    st = GreedyState(dec, batch, task.max_new, task.eot)
+    if task.suppress is not None:
+        st.suppress = dec.engine.buffer("greedy.suppress", tuple(task.suppress.shape), torch.bool)
+        st.suppress.copy_(task.suppress)
+    _update(task, dec, st, logp, batch, first=True)
+    options = task.options  # what the captured step bakes in besides its buffers
+    signature = (
+        task.eot,
+        task.max_new,
+        st.suppress is not None,
+        options.repetition_guard,
+        options.max_ngram,
+    )
 
     def make_fn(b: int, filled: int | None):
         step = dec._step_fn(b, filled)
@@ -153,7 +168,7 @@ def greedy_on_device(task, sync_every: int = 8) -> list[Row]:
                 for hook in task.row_hooks:
                     hook(index)
         st.t.fill_(t)
-        dec.run_captured("greedy", make_fn, restore=st.tensors() + [dec.last])
+        dec.run_captured("greedy", make_fn, restore=st.tensors() + [dec.last], signature=signature)
     _harvest(st, rows, results, dec.bucket, only_done=False)
     return results  # type: ignore[return-value]
 

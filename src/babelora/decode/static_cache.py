@@ -101,12 +101,30 @@ class StaticKV:
 
 
 class _Engine:
-    """What a batch shape keeps between batches: KV buffers, routing pins, captured steps."""
+    """What a batch shape keeps between batches: KV buffers, routing pins, captured steps, and
+    every other tensor a captured step reads or writes (`buffer`).
+
+    A captured step replays on the addresses it was captured with, so whatever it touches must
+    outlive the batch that captured it: the next batch of this shape refills the same buffers
+    (never new tensors) and replays.
+    """
 
     def __init__(self, kv: StaticKV, model, device: torch.device, graphs: bool):
         self.kv = kv
+        self.device = device
         self.pins = RowStatePins(routing_contexts(model), device, kv.capacity)
         self.runner = GraphRunner() if graphs else None
+        self.buffers: dict[str, Tensor] = {}
+        self.generation = 0  # bumped when a buffer is (re)allocated: keys captured steps
+
+    def buffer(self, name: str, shape: tuple, dtype: torch.dtype, fill=0) -> Tensor:
+        """The persistent buffer `name`, filled with `fill` (reallocated, and captured steps
+        invalidated, only when its shape or dtype changes)."""
+        buf = self.buffers.get(name)
+        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
+            buf = self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            self.generation += 1
+        return buf.fill_(fill)
 
 
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -208,8 +226,8 @@ class StaticWhisperDecoder:
 
         key = (*shape, dtype, self.device)
         self.engine = _engine(self.model, key, make) if graphs else make()
-        self.last = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.last = self.engine.buffer("last", (rows, 1), torch.long)
+        self.pos = self.engine.buffer("pos", (1,), torch.long)
         self.rows = self.bucket = rows
         self._flags = expert_flags(self.model)
         self.engine.pins.sync(rows, rows, fixed=graphs)
@@ -229,9 +247,15 @@ class StaticWhisperDecoder:
         """One token per row from `self.last` at position `self.filled`; (b, V) log-probs."""
         return self.run_captured("step", self._step_fn)
 
-    def run_captured(self, kind: str, make_fn, restore: Sequence[Tensor] = ()):
+    def run_captured(
+        self, kind: str, make_fn, restore: Sequence[Tensor] = (), signature: tuple = ()
+    ):
         """Run `make_fn(b)()` for the current bucket b at the next position: eagerly, or as a
-        step captured once per (kind, b, routing layout) and replayed."""
+        step captured once per (kind, signature, b, routing layout, buffers) and replayed.
+
+        A replay runs the step captured by an earlier batch of this shape: everything `make_fn`
+        reads must be an engine buffer (`self.engine.buffer`), a model weight, or Python values
+        named in `signature`."""
         if self.filled >= self.max_len:
             raise ValueError(f"static cache full ({self.max_len} positions)")
         b, engine = self.bucket, self.engine
@@ -240,7 +264,7 @@ class StaticWhisperDecoder:
             out = make_fn(b, self.filled)()
         else:
             self.pos.fill_(self.filled)
-            key = (kind, b, engine.pins.generation, self._flags)
+            key = (kind, signature, b, engine.pins.generation, engine.generation, self._flags)
             out = engine.runner.run(key, make_fn(b, None), self.graphs, restore)
         self.filled += 1
         return out
