@@ -2,169 +2,183 @@
 
 Whisper base encoder (frozen) -> projector -> Gemma 3 270M (frozen), trained on the corpus's ST
 rows (X->en and en->X) with the `speech_llm` recipe (configs/molora/molora_llm_lang.yaml plus
-each system's overrides), then decoded (greedy) on the clean test set, a noisy copy of it (white
-noise at `--snr` dB) and the code-switched ST test set:
+each system's overrides), then decoded greedily on the protocol's test sets (docs/benchmarks.md):
+the unseen-speaker synthetic test, its noisy copy (the corpus build's `test_noisy.jsonl`), the
+code-switched test (`test_cs.jsonl`) and real speech (`--real`, Fish Fillets NG, X->en):
 
+    whisper_translate Whisper base's own <|translate|>: zero-shot, X->en only (the first row)
     linear            linear projector, LLM frozen, nothing in the LLM
     moe               MoE projector (7 language groups x 2 experts, language + balance losses)
     lora              linear projector + one LoRA in the LLM (attention + MLP, rank 8)
     molora_lang       linear projector + MoLoRA in the LLM, language router (shared + per language)
     molora_hybrid     ... hybrid router (learned top-1 + language prior; balance and z losses)
-    molora_lang_mgrf  molora_lang + MGRF on the projector output (sentence vector fused in)
-    whisper_translate Whisper base's own <|translate|> (zero-shot; X->en only): the reference
+    molora_lang_mgrf  molora_lang + MGRF feeding the LLM (sentence vector fused in)
 
-Every BLEU has a bootstrap 95 % interval (1,000 resamples, macro over directions), every
-difference to `linear` a paired one (babelora.evaluate.bootstrap). Routing purity (MoLoRA): the
-share of test rows whose dominant routed expert, teacher-forced and averaged over the LLM's
-expert layers, is the row's own routing key (the language router is pure by construction).
+Every cell is a BLEU with its bootstrap 95 % interval; every difference (against the zero-shot
+row on X->en, against `linear` on both directions) a paired one, macro over directions
+(babelora.evaluate.compare, what `babelora score --baseline` prints). The per-utterance
+hypotheses are kept in bench/results/speech_llm/ (`<system>.<test set>.jsonl.gz`, with each
+test set's sampled manifest), so `babelora score` re-derives every cell. Routing purity (hybrid
+router): the share of test rows whose dominant routed expert, teacher-forced and averaged over
+the LLM's expert layers, is the row's own routing key (the language router is pure by
+construction).
 
-    python bench/speech_llm.py --corpus runs/corpus --budget cpu     # < 60 min on 2 CPU cores
-    python bench/speech_llm.py --corpus runs/corpus --budget full    # a GPU machine
-    python bench/speech_llm.py --corpus runs/corpus --smoke          # minutes: the whole path
+    python bench/speech_llm.py --budget cpu --corpus /work/data/corpus_large \
+        --real /tmp/fil/fillets.nl.test.jsonl          # < 60 min on 2 CPU cores
+    python bench/speech_llm.py --budget full ...      # the same experiment, larger (a GPU)
+    python bench/speech_llm.py --budget smoke --corpus runs/corpus   # minutes: the whole path
     python bench/speech_llm.py --step-time    # float32 vs bfloat16 step time + peak memory
-
-Results: bench/results/speech_llm.json (or --out) and a markdown table on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import platform
 import sys
 import time
 from collections import defaultdict
-from datetime import date
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, reset_accelerate, write_json  # noqa: E402
+import protocol as P  # noqa: E402
+from common import log, requests_of, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = ROOT / "configs" / "molora" / "molora_llm_lang.yaml"
 RESULTS = ROOT / "bench" / "results" / "speech_llm.json"
-P = "recipe.params"
+R = "recipe.params"
 LANGS = "[de,fr,es,it,nl,pt,en]"
+ZERO_SHOT = "whisper_translate"
 SYSTEMS: dict[str, list[str]] = {  # name -> overrides of BASE_CONFIG
-    "linear": [f"{P}.molora=null"],
+    "linear": [f"{R}.molora=null"],
     "moe": [
-        f"{P}.molora=null",
-        f"{P}.model.projector.kind=moe",
-        f"{P}.model.projector.moe.num_groups=7",
-        f"{P}.model.projector.moe.experts_per_group=2",
-        f"{P}.model.projector.moe.group_langs={LANGS}",
-        f"{P}.model.projector.moe.top_k=1",
+        f"{R}.molora=null",
+        f"{R}.model.projector.kind=moe",
+        f"{R}.model.projector.moe.num_groups=7",
+        f"{R}.model.projector.moe.experts_per_group=2",
+        f"{R}.model.projector.moe.group_langs={LANGS}",
+        f"{R}.model.projector.moe.top_k=1",
     ],
     "lora": [
-        f"{P}.molora=null",
-        f"{P}.lora={{rank: 8, alpha: 16.0, dropout: 0.05, targets: [causal-lm-all]}}",
+        f"{R}.molora=null",
+        f"{R}.lora={{rank: 8, alpha: 16.0, dropout: 0.05, targets: [causal-lm-all]}}",
     ],
     "molora_lang": [],
     "molora_hybrid": [
-        f"{P}.molora.router=hybrid",
-        f"{P}.molora.top_k=1",
-        f"{P}.molora.routing_level=token",
+        f"{R}.molora.router=hybrid",
+        f"{R}.molora.top_k=1",
+        f"{R}.molora.routing_level=token",
     ],
-    "molora_lang_mgrf": [f"{P}.model.mgrf={{pooling: attention, fusion: gated}}"],
+    "molora_lang_mgrf": [f"{R}.model.mgrf={{pooling: attention, fusion: gated}}"],
 }
-BUDGETS = {  # steps per system, batch seconds, test rows per direction, tokens, threads
-    "smoke": dict(steps=1, batch_seconds=20.0, per_direction=1, max_new_tokens=6),
-    "cpu": dict(steps=20, batch_seconds=30.0, per_direction=3, max_new_tokens=32),
-    "full": dict(steps=3000, batch_seconds=240.0, per_direction=None, max_new_tokens=96),
-}
+
+
+@dataclass(frozen=True)
+class Budget:
+    encoder: str  # the Whisper whose encoder feeds the LLM (and whose <|translate|> is row 1)
+    steps: int  # training steps per system
+    batch_seconds: float
+    per_direction: int | None  # synthetic test rows per direction and test set (None: all)
+    real_rows: int | None  # real-speech rows (X->en)
+    max_new_tokens: int
+    lr: float = 5e-4
+    warmup: int = 0
+
+
+BUDGETS = {
+    "smoke": Budget("tiny.en", steps=1, batch_seconds=20.0, per_direction=1, real_rows=2,
+                    max_new_tokens=6),
+    # Sized for < 60 min on 2 quiet cores: 6 systems x 24 steps of 20 audio s (Gemma 270M
+    # forward + backward, ~8-12 s a step) ~25 min; decoding 5 rows per direction of test,
+    # test_noisy (12 directions each) and cs (6) + 20 real = 170 rows per system, ~1 s each,
+    # ~17 min; Whisper's own translation ~2 min.
+    "cpu": Budget("base", steps=24, batch_seconds=20.0, per_direction=5, real_rows=20,
+                  max_new_tokens=40, warmup=4),
+    "full": Budget("base", steps=3000, batch_seconds=240.0, per_direction=None, real_rows=None,
+                   max_new_tokens=96, warmup=100),
+}  # fmt: skip
 
 
 def direction(u) -> str:
     return f"{u.lang}-{u.target_lang or 'en'}"
 
 
-def test_rows(path: Path, n: int | None, seed: int = 0) -> list:
-    """ST rows of a manifest, the first `n` per direction (all when None)."""
+def st_rows(path: Path, n: int | None, x_en_only: bool = False) -> list:
+    """ST rows of a manifest, the first `n` per direction in manifest order (None: all)."""
     from babelora.data.manifest import read_manifest
 
     by: dict[str, list] = defaultdict(list)
     for u in read_manifest(path):
-        if u.task == "st" and (n is None or len(by[direction(u)]) < n):
+        if u.task != "st" or (x_en_only and (u.target_lang or "en") != "en"):
+            continue
+        if n is None or len(by[direction(u)]) < n:
             by[direction(u)].append(u)
     return [u for d in sorted(by) for u in by[d]]
 
 
-def noisy_copy(utts: list, out: Path, snr_db: float, seed: int = 0) -> list:
-    """The same utterances with white noise at `snr_db` (files written once under `out`)."""
-    import dataclasses
-
-    import soundfile as sf
-
-    from babelora.data.audio import SAMPLE_RATE, load_audio
-
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    noisy = []
-    for u in utts:
-        path = out / f"{u.id}.wav"
-        if not path.is_file():
-            wave = load_audio(u.audio_filepath)
-            power = float(np.mean(wave**2)) or 1e-8
-            noise = rng.standard_normal(len(wave)) * np.sqrt(power / 10 ** (snr_db / 10))
-            sf.write(path, np.clip(wave + noise, -1, 1).astype(np.float32), SAMPLE_RATE)
-        noisy.append(dataclasses.replace(u, audio_filepath=str(path)))
-    return noisy
+def test_sets(corpus: Path, real: list[Path], b: Budget) -> list:
+    """test, test_noisy (when the build has it), cs, and each real-speech manifest."""
+    sources = [("test", corpus / "test.jsonl", b.per_direction, False)]
+    if (corpus / "test_noisy.jsonl").is_file():
+        sources.append(("test_noisy", corpus / "test_noisy.jsonl", b.per_direction, False))
+    if (corpus / "test_cs.jsonl").is_file():
+        sources.append(("cs", corpus / "test_cs.jsonl", b.per_direction, False))
+    for path in real:
+        name = "real" if len(real) == 1 else f"real_{Path(path).name.split('.jsonl')[0]}"
+        sources.append((name, Path(path), b.real_rows, True))
+    out = []
+    for name, path, n, x_en in sources:
+        utts = st_rows(path, n, x_en)
+        if utts:
+            out.append(P.TestSet(name, path, utts))
+    return out
 
 
-def train_system(name: str, corpus: Path, work: Path, budget: dict, smoke: bool) -> Path:
-    from babelora.methods.registry import load_config, train
+def x_en(utts: list) -> list:
+    return [u for u in utts if (u.target_lang or "en") == "en" and u.lang != "en"]
 
-    out = work / name
+
+def en_x(utts: list) -> list:
+    return [u for u in utts if u.lang == "en"]
+
+
+def config_of(name: str, args, b: Budget):
+    from babelora.methods.registry import load_config
+
     overrides = [
         *SYSTEMS[name],
-        f"output_dir={out}",
-        f"data.train=[{corpus / 'train.jsonl'}]",
-        f"data.dev=[{corpus / 'dev.jsonl'}]",
-        "data.dev_max_items=8",
-        f"data.batch_seconds={budget['batch_seconds']}",
-        f"max_steps={budget['steps']}",
-        f"eval.every={budget['steps']}",
-        f"checkpoint.save_every={budget['steps']}",
-        "optim.warmup_steps=0",
+        f"output_dir={args.work / name}",
+        f"model.name={b.encoder}",
+        f"data.train=[{args.corpus / 'train.jsonl'}]",
+        "data.dev=[]",
+        f"data.batch_seconds={b.batch_seconds}",
+        f"max_steps={b.steps}",
+        f"eval.every={b.steps}",
+        f"checkpoint.save_every={b.steps}",
+        f"optim.lr={b.lr}",
+        f"optim.warmup_steps={b.warmup}",
+        f"{R}.model.max_new_tokens={b.max_new_tokens}",
         "progress_bar=false",
     ]
-    if smoke:
-        overrides.append("model.name=tiny.en")
-    reset_accelerate()
-    t0 = time.perf_counter()
-    result = train(load_config(BASE_CONFIG, overrides))
-    log(f"{name}: {budget['steps']} steps in {time.perf_counter() - t0:.0f} s")
-    return Path(result.final_dir)
+    return load_config(BASE_CONFIG, overrides), overrides
 
 
-def decode(model, utts: list, max_new_tokens: int) -> list[str]:
-    from babelora.decode.runner import Request
+def decode_llm(model, utts: list, max_new_tokens: int) -> tuple[list[dict], float]:
     from babelora.methods.speech_llm.decode import decode_speech_llm
 
-    reqs = [Request(u.id, u.audio_filepath, u.lang, u.task, u.target_lang) for u in utts]
-    results = decode_speech_llm(model, reqs, max_new_tokens=max_new_tokens)
-    return [r.hypothesis if r.error is None else "" for r in results]
+    start = time.perf_counter()
+    results = decode_speech_llm(model, requests_of(utts), max_new_tokens=max_new_tokens)
+    return [r.to_json() for r in results], time.perf_counter() - start
 
 
-def whisper_translate(utts: list, max_new_tokens: int, smoke: bool) -> list[str | None]:
-    """Whisper base's <|translate|> on X->en rows (None elsewhere: it translates into English
-    only)."""
-    from babelora.decode.runner import Request, RunnerOptions, decode_requests
-    from babelora.decode.search import DecodeOptions
-    from babelora.models.whisper import load_whisper
-
-    handle = load_whisper("tiny.en" if smoke else "base")
-    rows = [i for i, u in enumerate(utts) if (u.target_lang or "en") == "en" and u.lang != "en"]
-    reqs = [Request(utts[i].id, utts[i].audio_filepath, utts[i].lang, "st", "en") for i in rows]
-    opts = RunnerOptions(show_progress=False)
-    results = decode_requests(handle, reqs, DecodeOptions(max_new_tokens=max_new_tokens), opts)
-    out: list[str | None] = [None] * len(utts)
-    for i, res in zip(rows, results):
-        out[i] = res.hypothesis
-    return out
+def decode_whisper(handle, utts: list, max_new_tokens: int) -> tuple[list[dict], float]:
+    """Whisper's own <|translate|> (into English) on X->en rows."""
+    rows, seconds, _ = P.decode(handle, requests_of(utts), None, P.runner_options(), max_new_tokens)
+    return rows, seconds
 
 
 def routing_purity(model, utts: list) -> dict[str, float] | None:
@@ -202,43 +216,47 @@ def routing_purity(model, utts: list) -> dict[str, float] | None:
     return {k: float(np.mean(v)) for k, v in sorted(hits.items())}
 
 
-def score(utts: list, hyps: list, baseline: list | None) -> dict:
-    """BLEU/chrF per direction and macro over X->en / en->X, with (paired) intervals."""
-    from babelora.evaluate.bootstrap import (
-        bleu_from_stats,
-        bleu_stats,
-        bootstrap,
-        chrf_from_stats,
-        chrf_stats,
-        paired_bootstrap,
-    )
+def differences(utts: list, a: list[dict], b: list[dict]) -> dict:
+    """B - A per direction and macro, split into X->en and en->X (paired bootstrap)."""
+    ids_a, ids_b = {r["id"] for r in a}, {r["id"] for r in b}
+    out = {}
+    for side, pick in (("x_en", x_en), ("en_x", en_x)):
+        sub = [u for u in pick(utts) if u.id in ids_a and u.id in ids_b]
+        if sub:
+            keep = {u.id for u in sub}
+            out[side] = P.differences(
+                sub, [r for r in a if r["id"] in keep], [r for r in b if r["id"] in keep]
+            )
+    return out
 
-    keep = [i for i, h in enumerate(hyps) if h is not None]
-    out: dict = {"n": len(keep), "directions": {}}
-    groups = {"x_en": [], "en_x": []}
-    for i in keep:
-        groups["en_x" if utts[i].lang == "en" else "x_en"].append(i)
-    for d in sorted({direction(utts[i]) for i in keep}):
-        idx = [i for i in keep if direction(utts[i]) == d]
-        groups[d] = idx
-    for name, idx in groups.items():
-        if not idx:
+
+def absolute(utts: list, rows: list[dict]) -> dict:
+    """A system's BLEU with bootstrap 95 % intervals: per direction (tokenised for its target
+    language) and pooled over the X->en / en->X directions (resampled within directions)."""
+    import functools
+
+    from babelora.evaluate.bootstrap import bleu_from_stats, bleu_stats, bootstrap
+
+    hyps = {r["id"]: r.get("hypothesis", "") for r in rows}
+    out = {}
+    for side, pick in (("x_en", x_en), ("en_x", en_x)):
+        sub = [u for u in pick(utts) if u.id in hyps]
+        if not sub:
             continue
-        refs = [utts[i].reference for i in idx]
-        tgt = utts[idx[0]].target_lang or "en"
-        lang = tgt if name not in ("x_en", "en_x") else None
-        strata = [direction(utts[i]) for i in idx]
-        bs = bleu_stats(refs, [hyps[i] for i in idx], lang)
+        strata = [direction(u) for u in sub]
+        by_dir: dict[str, list] = defaultdict(list)
+        for u in sub:
+            by_dir[direction(u)].append(u)
+        per_dir = {}
+        for d, us in sorted(by_dir.items()):
+            lang = us[0].target_lang or "en"
+            st = bleu_stats([u.reference for u in us], [hyps[u.id] for u in us], lang)
+            metric = functools.partial(bleu_from_stats, lang=lang)
+            per_dir[d] = bootstrap(st, metric).to_json()
+        lang = None if side == "en_x" else "en"
+        st = bleu_stats([u.reference for u in sub], [hyps[u.id] for u in sub], lang)
         metric = functools.partial(bleu_from_stats, lang=lang)
-        row = {
-            "n": len(idx),
-            "bleu": bootstrap(bs, metric, strata=strata).to_json(),
-            "chrf": chrf_from_stats(chrf_stats(refs, [hyps[i] for i in idx]).sum(0)),
-        }
-        if baseline is not None and all(baseline[i] is not None for i in idx):
-            base = bleu_stats(refs, [baseline[i] for i in idx], lang)
-            row["bleu_vs_linear"] = paired_bootstrap(base, bs, metric, strata=strata).to_json()
-        (out["directions"] if name not in ("x_en", "en_x") else out)[name] = row
+        out[side] = {"pooled": bootstrap(st, metric, strata=strata).to_json(), **per_dir}
     return out
 
 
@@ -303,32 +321,152 @@ def measure_steps(out: Path, threads: int) -> int:
         out,
         {
             "step_time": rows,
-            "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": P.machine(threads),
         },
     )
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--step-time",
-        action="store_true",
-        help="only measure float32 vs bfloat16 step time and peak memory",
-    )
-    ap.add_argument("--_step", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--corpus", type=Path, default=ROOT / "runs" / "corpus")
-    ap.add_argument("--budget", choices=["cpu", "full"], default="cpu")
-    ap.add_argument("--smoke", action="store_true", help="tiny.en encoder, 1 step, 1 row/direction")
-    ap.add_argument("--systems", default=",".join(["whisper_translate", *SYSTEMS]))
-    ap.add_argument("--snr", type=float, default=10.0, help="noisy test set SNR in dB")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/babelora_bench_speech_llm"))
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
-    args = ap.parse_args()
+def run(args) -> dict:
     import torch
 
+    from babelora.methods.speech_llm.recipe import load_speech_llm
+    from babelora.models.whisper import load_whisper
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    b = BUDGETS[args.budget]
+    hyps_dir = args.hyps or args.out.parent / args.out.stem
+    sets = test_sets(args.corpus, args.real, b)
+    for ts in sets:
+        P.write_subset(ts, hyps_dir)
+    names = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(names) - set(SYSTEMS) - {ZERO_SHOT})
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}; known: {ZERO_SHOT}, {', '.join(SYSTEMS)}")
+    rows: dict[str, dict[str, list[dict]]] = {}
+    report: dict = {
+        "benchmark": "speech_llm",
+        "command": "python bench/speech_llm.py " + " ".join(args.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": P.machine(args.threads),
+        "budget": {"name": args.budget, **asdict(b)},
+        "lm": "gemma3-270m (frozen, float32)",
+        "test_sets": {ts.name: {"source": str(ts.source), "rows": len(ts.utts)} for ts in sets},
+        "train": {},
+        "decode": {},
+        "routing_purity": {},
+        "hypotheses": str(P.relative(hyps_dir, ROOT)),
+    }
+    if ZERO_SHOT in names:
+        handle = load_whisper(b.encoder)
+        rows[ZERO_SHOT] = {}
+        for ts in sets:
+            got, secs = decode_whisper(handle, x_en(ts.utts), b.max_new_tokens)
+            rows[ZERO_SHOT][ts.name] = got
+            P.save_rows(hyps_dir, ZERO_SHOT, ts.name, got)
+            report["decode"][f"{ZERO_SHOT}/{ts.name}"] = round(secs, 1)
+            log(f"{ZERO_SHOT} {ts.name}: {len(got)} rows in {secs:.0f} s")
+        del handle
+    for name in names:
+        if name == ZERO_SHOT:
+            continue
+        cfg, overrides = config_of(name, args, b)
+        record = P.train_once(cfg)
+        record["overrides"] = overrides
+        report["train"][name] = P.slim(record)
+        log(f"train {name}: {record['seconds']:.0f} s{' (cached)' if record['cached'] else ''}")
+        model = load_speech_llm(Path(record["final"]))
+        rows[name] = {}
+        for ts in sets:
+            got, secs = decode_llm(model, ts.utts, b.max_new_tokens)
+            rows[name][ts.name] = got
+            P.save_rows(hyps_dir, name, ts.name, got)
+            report["decode"][f"{name}/{ts.name}"] = round(secs, 1)
+            log(f"{name} {ts.name}: {len(got)} rows in {secs:.0f} s")
+        test = next((ts for ts in sets if ts.name == "test"), sets[0])
+        report["routing_purity"][name] = routing_purity(model, test.utts)
+        del model
+    results: dict = {}
+    for name in rows:
+        results[name] = {}
+        for ts in sets:
+            mine = rows[name][ts.name]
+            cell = {"bleu": absolute(ts.utts, mine)}
+            if ZERO_SHOT in rows and name != ZERO_SHOT:
+                cell["vs_zero_shot"] = differences(ts.utts, rows[ZERO_SHOT][ts.name], mine)
+            if "linear" in rows and name not in ("linear", ZERO_SHOT):
+                cell["vs_linear"] = differences(ts.utts, rows["linear"][ts.name], mine)
+            results[name][ts.name] = cell
+    report["results"] = results
+    report["examples"] = {
+        name: [
+            {"id": r["id"], "hyp": r.get("hypothesis", "")} for r in rows[name][sets[0].name][:3]
+        ]
+        for name in rows
+    }
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def _interval(x: dict | None) -> str:
+    if not x:
+        return "-"
+    return f"{x['estimate']:.1f} [{x['low']:.1f}, {x['high']:.1f}]"
+
+
+def _macro(diffs: dict | None, side: str) -> dict | None:
+    if not diffs or side not in diffs:
+        return None
+    return P.headline(diffs[side], "st")
+
+
+def markdown(report: dict) -> str:
+    """One table per test set: BLEU X->en and en->X (pooled, bootstrap interval), the paired
+    differences to zero-shot and to `linear` (macro over directions), routing purity."""
+    out = []
+    for test in report["test_sets"]:
+        out += [
+            f"**{test}** ({report['test_sets'][test]['rows']} rows)",
+            "",
+            "| system | BLEU X->en | BLEU en->X | d X->en vs zero-shot | d X->en vs linear | "
+            "d en->X vs linear | routing purity |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, res in report["results"].items():
+            r = res[test]
+            bleu = r["bleu"]
+            purity = report["routing_purity"].get(name)
+            pur = ", ".join(f"{k} {v:.2f}" for k, v in purity.items()) if purity else "-"
+            out.append(
+                f"| {name} | {_interval(bleu.get('x_en', {}).get('pooled'))} | "
+                f"{_interval(bleu.get('en_x', {}).get('pooled'))} | "
+                f"{P.delta(_macro(r.get('vs_zero_shot'), 'x_en'))} | "
+                f"{P.delta(_macro(r.get('vs_linear'), 'x_en'))} | "
+                f"{P.delta(_macro(r.get('vs_linear'), 'en_x'))} | {pur} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--budget", choices=tuple(BUDGETS), default="cpu")
+    ap.add_argument("--corpus", type=Path, default=Path("/work/data/corpus_large"))
+    ap.add_argument("--real", type=Path, action="append", default=[], help="real-speech manifest")
+    ap.add_argument("--systems", default=",".join([ZERO_SHOT, *SYSTEMS]))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_speech_llm"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--hyps", type=Path, help="default: <out folder>/<out stem>/")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    ap.add_argument("--step-time", action="store_true", help="only float32 vs bfloat16 s/step")
+    ap.add_argument("--_step", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args._step:
         import json
 
@@ -336,85 +474,8 @@ def main() -> int:
         return 0
     if args.step_time:
         return measure_steps(args.out.with_name("speech_llm_step.json"), args.threads)
-    torch.set_num_threads(args.threads)
-    budget = BUDGETS["smoke" if args.smoke else args.budget]
-    names = [s for s in args.systems.split(",") if s]
-    sets = {
-        "clean": test_rows(args.corpus / "test.jsonl", budget["per_direction"]),
-        "cs": test_rows(args.corpus / "test_cs.jsonl", budget["per_direction"]),
-    }
-    sets["noisy"] = noisy_copy(sets["clean"], args.work / f"noisy_snr{args.snr:g}", args.snr)
-    t_start = time.perf_counter()
-    hyps: dict[str, dict[str, list]] = {}
-    report: dict = {"systems": {}}
-    for name in names:
-        t0 = time.perf_counter()
-        if name == "whisper_translate":
-            hyps[name] = {
-                k: whisper_translate(v, budget["max_new_tokens"], args.smoke)
-                for k, v in sets.items()
-            }
-            report["systems"][name] = {"seconds": time.perf_counter() - t0}
-            continue
-        from babelora.methods.speech_llm.recipe import load_speech_llm
-
-        final = train_system(name, args.corpus, args.work, budget, args.smoke)
-        model = load_speech_llm(final)
-        hyps[name] = {k: decode(model, v, budget["max_new_tokens"]) for k, v in sets.items()}
-        report["systems"][name] = {
-            "seconds": time.perf_counter() - t0,
-            "routing_purity": routing_purity(model, sets["clean"]),
-        }
-        del model
-    for name in names:
-        for key, utts in sets.items():
-            base = hyps.get("linear", {}).get(key) if name != "linear" else None
-            report["systems"][name][key] = score(utts, hyps[name][key], base)
-        report["systems"][name]["examples"] = [
-            {"id": u.id, "ref": u.reference, "hyp": h}
-            for u, h in list(zip(sets["clean"], hyps[name]["clean"]))[:3]
-        ]
-    report["meta"] = {
-        "date": date.today().isoformat(),
-        "budget": "smoke" if args.smoke else args.budget,
-        **budget,
-        "corpus": os.path.relpath(args.corpus, ROOT)
-        if args.corpus.is_absolute()
-        else str(args.corpus),
-        "snr_db": args.snr,
-        "threads": args.threads,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "encoder": "tiny.en" if args.smoke else "base",
-        "lm": "gemma3-270m (float32, frozen)",
-        "seconds": time.perf_counter() - t_start,
-        "test_rows": {k: len(v) for k, v in sets.items()},
-    }
-    write_json(args.out, report)
-    print(markdown(report))
+    P.main(argv, parse_args, run, markdown)
     return 0
-
-
-def markdown(report: dict) -> str:
-    def fmt(row: dict | None, key: str = "bleu") -> str:
-        if not row or key not in row:
-            return "n/a"
-        i = row[key]
-        return f"{i['estimate']:.1f} [{i['low']:.1f}, {i['high']:.1f}]"
-
-    lines = [
-        "| system | X->en BLEU | en->X BLEU | X->en noisy | CS-ST BLEU | d X->en vs linear | "
-        "routing purity |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, s in report["systems"].items():
-        purity = s.get("routing_purity")
-        pur = ", ".join(f"{k} {v:.2f}" for k, v in purity.items()) if purity else "-"
-        lines.append(
-            f"| {name} | {fmt(s['clean'].get('x_en'))} | {fmt(s['clean'].get('en_x'))} | "
-            f"{fmt(s['noisy'].get('x_en'))} | {fmt(s['cs'].get('x_en'))} | "
-            f"{fmt(s['clean'].get('x_en'), 'bleu_vs_linear')} | {pur} |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
