@@ -79,3 +79,10 @@ def test_differences_split_the_two_directions_and_skip_missing_rows():
     assert macro["delta"]["estimate"] < 0 and macro["delta"]["high"] < 0  # de got worse
     both = S.differences(rows, perfect, worse)
     assert S._macro(both, "en_x")["delta"]["estimate"] == 0.0
+
+
+def test_chrf_column_averages_each_side_over_its_directions():
+    cell = {"scores": {"rows": {"de-en": {"chrf": 10.0}, "fr-en": {"chrf": 20.0},
+                                "en-de": {"chrf": 40.0}}}}  # fmt: skip
+    assert S._chrf(cell, "x_en") == "15.0" and S._chrf(cell, "en_x") == "40.0"
+    assert S._chrf({}, "x_en") == "-"
