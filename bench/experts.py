@@ -33,7 +33,7 @@ Budgets (`--budget`; single options below override):
   smoke  tiny random multilingual Whisper (base's tokenizer), a few steps and rows: 1-2 min
   cpu    Whisper base, decoder-side training (experts on the `whisper-decoder` preset, the joint
          LoRA on the decoder's same linears, full fine-tuning of the decoder) so every system
-         trains from the encoder-state cache; 120 steps, sized for < 60 min on 2 quiet cores
+         trains from the encoder-state cache; 80 steps, sized for < 60 min on 2 quiet cores
          (timings in the `cpu` budget's comment and in the results JSON)
   full   Whisper base, whole-model training (encoder + decoder), all rows, seeds 0, 1, 2: a GPU
 
@@ -109,11 +109,11 @@ class Budget:
     kd_weight: float = 1.0
 
 
-# `cpu` sizing. Measured (bench/results/experts.json of 2026-11-27, 150 steps, 2 threads on a
-# loaded 2-core machine): training 2,564 s wall (decoder full FT 1,117, distillation 605,
-# experts 431, joint LoRA 312, two fusions 50 each), decoding the three test sets ~1,900 s,
-# 75 min in all. 120 steps (every trained system still ends far below zero-shot) and the same
-# test sets are sized for < 60 min on 2 quiet cores.
+# `cpu` sizing. Measured at 120 steps and 30 fusion steps (2026-11-27, 2 threads, partly loaded
+# 2-core machine): 6,886 CPU-s, 65.9 min wall; training 3,148 CPU-s (distillation 1,022, experts
+# 663, decoder full FT 642, joint LoRA 518, fusions 171 + 132), LID and decoding of the three
+# test sets ~3,700 CPU-s, which the step count does not change. 80 steps and 20 fusion steps
+# (every trained system still ends far below zero-shot at 120) cut ~1,050 CPU-s: < 60 min.
 BUDGETS = {
     "smoke": Budget(
         model="smoke",
@@ -137,10 +137,10 @@ BUDGETS = {
     "cpu": Budget(
         model="base",
         whole_model=False,
-        steps=120,
-        fusion_steps=30,
+        steps=80,
+        fusion_steps=20,
         batch_seconds=60.0,
-        warmup=12,
+        warmup=8,
         rank=8,
         train_per_group=120,
         dev_per_group=16,

@@ -13,7 +13,6 @@ weights equal the base's exactly.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import time
@@ -24,6 +23,8 @@ from typing import Any
 
 import torch
 from common import first_per_group, requests_of, reset_accelerate, write_hypotheses
+
+from babelora.decode import encoder_memo
 
 
 # ----------------------------------------------------------------------------------- test sets
@@ -88,18 +89,18 @@ def training_rows(path: Path, langs: Sequence[str], per_group: int | None) -> li
 
 
 # ------------------------------------------------------------------------------ encoder memo
-class EncoderMemo:
-    """Encoder states per clip (its log-mel rows' digest), for models whose encoder is the base's.
+class EncoderMemo(encoder_memo.EncoderMemo):
+    """Encoder states per clip (babelora.decode.encoder_memo, unbounded), for models whose
+    encoder is the base's.
 
     `attach(model)` compares the model's encoder weights with the reference (exact equality) and
-    only then wraps its forward: rows seen before come from the memo, the others run through the
-    encoder as one sub-batch. Returns whether it attached.
+    only then installs the memo on its forward: rows seen before come from the memo, the others
+    run through the encoder as one sub-batch. Returns whether it attached.
     """
 
     def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__(max_bytes=None)
         self.reference = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-        self.states: dict[bytes, torch.Tensor] = {}
-        self.hits = self.misses = 0
 
     def matches(self, encoder: torch.nn.Module) -> bool:
         state = encoder.state_dict()
@@ -108,53 +109,14 @@ class EncoderMemo:
             for k, v in self.reference.items()
         )
 
-    def clear(self) -> None:
-        self.states.clear()
-
     def attach(self, model: torch.nn.Module) -> bool:
         encoder = model.get_encoder()
         if getattr(encoder.forward, "memo", None) is self:
             return True
         if not self.matches(encoder):
             return False
-        original = encoder.forward
-        memo = self
-
-        def forward(input_features: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if args or kwargs:
-                return original(input_features, *args, **kwargs)
-            rows = input_features.detach().cpu().contiguous()
-            keys = [
-                hashlib.blake2b(
-                    f"{tuple(r.shape)}|{r.dtype}".encode() + r.numpy().tobytes(), digest_size=16
-                ).digest()
-                for r in rows
-            ]
-            todo = [i for i, k in enumerate(keys) if k not in memo.states]
-            memo.hits += len(keys) - len(todo)
-            memo.misses += len(todo)
-            if todo:
-                out = original(input_features[todo]).last_hidden_state
-                for i, state in zip(todo, out):
-                    memo.states[keys[i]] = state.detach().clone()
-            stacked = torch.stack([memo.states[k] for k in keys])
-            return _Output(stacked)
-
-        forward.memo = memo  # type: ignore[attr-defined]
-        encoder.forward = forward
+        self.install(encoder)
         return True
-
-
-@dataclass
-class _Output:
-    """What WhisperModel.forward reads of an encoder output (`[0]`, hidden states, attentions)."""
-
-    last_hidden_state: torch.Tensor
-    hidden_states: None = None
-    attentions: None = None
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return (self.last_hidden_state,)[i]
 
 
 def attach_memo_below(memo: EncoderMemo, model: torch.nn.Module, modules=("mgrf",)) -> bool:

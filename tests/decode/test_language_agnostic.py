@@ -303,3 +303,46 @@ def test_scoring_rows_without_a_language():
     assert report["averages"]["lid"] == {"n": 1, "accuracy": 0.0, "macro_accuracy": 0.0}
     assert report["counts"]["unlabelled"] == 2 and report["counts"]["unscored"] == 1
     assert report["counts"]["scored"] == 3
+
+
+def test_language_agnostic_decoding_encodes_each_clip_once(monkeypatch, setup):
+    """Whisper's LID and the decoding in the predicted language share the encoder's states
+    (babelora.decode.encoder_memo): each clip runs through the encoder once, not twice, and the
+    outputs are those of encoding twice."""
+    import babelora.decode.encoder_memo as encoder_memo
+    import babelora.models.whisper as whisper
+    from babelora.cli.main import main
+
+    tmp, wavs, _, restricted = setup
+    encoded: list[int] = []
+
+    def load(*args, **kwargs):
+        handle = multilingual()
+        encoder = handle.model.get_encoder()
+        original = encoder.forward
+
+        def forward(input_features, *a, **k):
+            encoded.append(int(input_features.shape[0]))
+            return original(input_features, *a, **k)
+
+        encoder.forward = forward
+        return handle
+
+    monkeypatch.setattr(whisper, "load_whisper", load)
+    m = manifest(tmp / "once.jsonl", wavs, [None] * len(wavs))
+
+    def run(name: str) -> tuple[list, int]:
+        encoded.clear()
+        out = tmp / name
+        args = ["evaluate", "--manifest", str(m), "--out", str(out), "--no-progress"]
+        assert main([*args, "--max-new-tokens", "4", "--langs", "de,fr"]) == 0
+        rows = [json.loads(x) for x in (out / "hypotheses.jsonl").read_text().splitlines()]
+        return rows, sum(encoded)
+
+    once, n_once = run("once")
+    monkeypatch.setattr(encoder_memo, "serves_both_passes", lambda *a: False)
+    twice, n_twice = run("twice")
+    assert (n_once, n_twice) == (len(wavs), 2 * len(wavs))
+    assert [r["lang"] for r in once] == [d.lang for d in restricted]
+    for key in ("hypothesis", "lang", "lang_prob"):
+        assert [r[key] for r in once] == [r[key] for r in twice]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -248,36 +249,52 @@ def _decode(
     detections: list = [None] * len(reqs)
     if adapter is not None and not args.lid:  # the given languages, before any LID runs
         check_expert_languages(adapter, [r for r, f in zip(reqs, flags) if not f], missing)
-    if args.lid:
-        from babelora.models.lid import LidHead
+    with _lid_memo(args, handle, adapter, flags, longform):
+        if args.lid:
+            from babelora.models.lid import LidHead
 
-        head = LidHead.load(args.lid)
-        reqs = predict_languages(handle, head, reqs, ropts, adapter, posterior)
-    elif any(flags):
-        from babelora.decode.language import apply_detections, detect_languages
+            head = LidHead.load(args.lid)
+            reqs = predict_languages(handle, head, reqs, ropts, adapter, posterior)
+        elif any(flags):
+            from babelora.decode.language import apply_detections, detect_languages
 
-        idx = [i for i, f in enumerate(flags) if f]
-        asked = [reqs[i] for i in idx]
-        found = detect_languages(handle, asked, ropts, _lid_langs(args), adapter)
-        experts = adapter.context.languages if adapter is not None and posterior else None
-        reqs = list(reqs)
-        for i, det, req in zip(idx, found, apply_detections(asked, found, experts)):
-            detections[i], reqs[i] = det, req
-    if adapter is not None and (args.lid or any(flags)):
-        check_expert_languages(adapter, [r for r in reqs if r.lang], missing)
-    hook = adapter_batch_hook(adapter, missing) if adapter is not None else None
-    if longform is not None:
-        from babelora.decode.longform import transcribe_long
+            idx = [i for i, f in enumerate(flags) if f]
+            asked = [reqs[i] for i in idx]
+            found = detect_languages(handle, asked, ropts, _lid_langs(args), adapter)
+            experts = adapter.context.languages if adapter is not None and posterior else None
+            reqs = list(reqs)
+            for i, det, req in zip(idx, found, apply_detections(asked, found, experts)):
+                detections[i], reqs[i] = det, req
+        if adapter is not None and (args.lid or any(flags)):
+            check_expert_languages(adapter, [r for r in reqs if r.lang], missing)
+        hook = adapter_batch_hook(adapter, missing) if adapter is not None else None
+        if longform is not None:
+            from babelora.decode.longform import transcribe_long
 
-        results = transcribe_long(handle, reqs, dopts, ropts, longform, before_batch=hook)
-    else:
-        results = decode_requests(handle, reqs, dopts, ropts, before_batch=hook)
+            results = transcribe_long(handle, reqs, dopts, ropts, longform, before_batch=hook)
+        else:
+            results = decode_requests(handle, reqs, dopts, ropts, before_batch=hook)
     for i, (req, res) in enumerate(zip(reqs, results)):
         if detections[i] is not None:
             res.extra["lang_prob"] = round(detections[i].prob, 4)
         if adapter is not None and res.error is None:
             res.extra["expert"] = expert_label(adapter, req, missing)
     return results
+
+
+@contextlib.contextmanager
+def _lid_memo(args: argparse.Namespace, handle, adapter, flags: Sequence[bool], longform):
+    """Whisper's LID and the decoding in the predicted language read the same log-mel rows: with
+    the encoder memoised across both passes each clip is encoded once (not for --lid, whose head
+    reads its own features, nor long-form windows, nor experts inside the encoder)."""
+    from babelora.decode.encoder_memo import memoised_encoder, serves_both_passes
+
+    skip = args.lid or not any(flags) or longform is not None
+    if skip or not serves_both_passes(handle.model, adapter):
+        yield
+    else:
+        with memoised_encoder(handle.model):
+            yield
 
 
 def _lid_langs(args: argparse.Namespace) -> list[str] | None:
