@@ -233,7 +233,7 @@ def test_the_rules_catch_what_they_guard():
     assert "method packages" in rule_broken(
         "babelora.methods.molora.cli", "babelora.methods.experts.recipe"
     )
-    assert rule_broken("babelora.merging.merge", "babelora.methods.experts.fusion")
+    assert rule_broken("babelora.merging.driver", "babelora.methods.experts.fusion")
     assert rule_broken("babelora.methods.registry", "babelora.methods.molora.recipe") is None
     assert rule_broken("babelora.methods.experts.cli", "babelora.methods.registry") is None
     assert rule_broken("babelora.decode.runner", "babelora.evaluate.metrics") is None

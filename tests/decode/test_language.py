@@ -173,16 +173,16 @@ def test_language_agnostic_decoding_never_reads_the_manifest_language(
 ):
     """The same audio with the manifest saying fr or es decodes identically under
     --language auto: the language comes from the audio; the run says it was predicted."""
-    import babelora.cli.decode as cli
+    import babelora.decode.runner as runner
 
     seen: list[list[Request]] = []
-    real = cli.decode_requests
+    real = runner.decode_requests
 
     def spy(handle, requests, *a, **k):
         seen.append(list(requests))
         return real(handle, requests, *a, **k)
 
-    monkeypatch.setattr(cli, "decode_requests", spy)
+    monkeypatch.setattr(runner, "decode_requests", spy)
     rows = {}
     for lang in ("fr", "es"):
         manifest = write_manifest(tmp_path / f"{lang}.jsonl", wavs, lang)

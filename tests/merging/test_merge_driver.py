@@ -12,7 +12,7 @@ from lors_reference import lors_reference
 from merging_zoo import LANGS, LORA_CONVENTIONS, peft_merged_state, read
 
 from babelora.merging import merge, plan
-from babelora.merging.merge import execute
+from babelora.merging.driver import execute
 from babelora.merging.ops import MERGE_METHODS, WHISPER_LORS_TARGETS
 from babelora.merging.recipe import match_any
 

@@ -7,12 +7,16 @@ import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from babelora.data.manifest import read_manifest
-from babelora.decode.runner import Request, RunnerOptions, decode_requests, write_results
-from babelora.decode.search import DecodeOptions
+from babelora.decode.options import RunnerOptions  # torch-free: the runner loads with a model
 from babelora.errors import BabeloraError, LanguageError, ManifestError
 from babelora.languages import check_lang
+
+if TYPE_CHECKING:
+    from babelora.decode.runner import Request
+    from babelora.decode.search import DecodeOptions
 
 IGNORE_HINT = (
     "decode with the model they were trained on (--model), or pass --ignore-base-mismatch to "
@@ -235,6 +239,7 @@ def _decode(
         expert_label,
         predict_languages,
     )
+    from babelora.decode.runner import decode_requests
 
     dopts, ropts = _options(args)
     if args.speech_llm:
@@ -349,6 +354,8 @@ def _skip_unlabelled(args: argparse.Namespace, handle, utts: list, errors: list)
 
 
 def _options(args: argparse.Namespace) -> tuple[DecodeOptions, RunnerOptions]:
+    from babelora.decode.search import DecodeOptions
+
     if args.beam_size < 1:
         raise BabeloraError(f"--beam-size must be >= 1, got {args.beam_size}")
     return (
@@ -375,6 +382,8 @@ def _named(res) -> str:
 
 def _report(results, out: str | None) -> int:
     """Print hypotheses (or write JSONL) and a failure summary; exit 1 if any item failed."""
+    from babelora.decode.runner import write_results
+
     if out:
         write_results(results, out)
         print(f"wrote {len(results)} results to {out}", file=sys.stderr)
@@ -476,6 +485,7 @@ def _write_transcripts(results, args: argparse.Namespace, paths: list[Path] | No
 
 def _files_cmd(args: argparse.Namespace, task: str) -> int:
     from babelora.decode.language import AUTO, is_multilingual
+    from babelora.decode.runner import Request
 
     lang = args.language if args.language in (None, AUTO) else check_lang(args.language)
     target = check_lang(args.to) if task == "st" else None
@@ -510,6 +520,8 @@ def translate(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from babelora.decode.runner import Request, write_results
+
     errors: list[ManifestError] = []
     utts = read_manifest(args.manifest, data_root=args.data_root, errors=errors, require_lang=False)
     for err in errors:

@@ -11,11 +11,14 @@ import math
 import stat
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from babelora.errors import AudioError
+
+if TYPE_CHECKING:  # torch is imported inside mel_filters and log_mel, its only users, so that
+    import torch  # reading audio and the corpus commands do without its seconds of start-up
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -161,6 +164,8 @@ def mel_filters(
     n_mels: int = 80, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE
 ) -> torch.Tensor:
     """Slaney-normalised triangular mel filter bank, shape (n_mels, n_fft // 2 + 1)."""
+    import torch
+
     fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     mel_pts = np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2)
     hz_pts = _mel_to_hz(mel_pts)
@@ -183,6 +188,8 @@ def log_mel(
     Without `pad_to_30s` the output has len(wave) // 160 frames (the STFT's last frame dropped,
     as Whisper does); with it the wave is zero-padded to 30 s first, giving exactly 3000 frames.
     """
+    import torch
+
     audio = torch.as_tensor(np.asarray(wave, dtype=np.float32))
     if pad_to_30s:
         audio = torch.nn.functional.pad(audio[:N_SAMPLES], (0, max(0, N_SAMPLES - audio.numel())))

@@ -22,24 +22,11 @@ from tqdm import tqdm
 from babelora.data.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel
 from babelora.data.prompts import whisper_prompt_ids
 from babelora.decode.memory import split_on_oom
+from babelora.decode.options import RunnerOptions
 from babelora.decode.search import DecodeOptions, RowHook, generate
 from babelora.errors import AudioError, BabeloraError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunnerOptions:
-    """How utterances are batched and fed to the encoder."""
-
-    batch_seconds: float = 120.0  # input seconds per batch (after padding)
-    max_batch_size: int = 32
-    pad_to_30s: bool = False  # exact original Whisper input (slow for short audio)
-    min_input_seconds: float = 10.0  # pad shorter clips with silence up to this length
-    tail_seconds: float = 0.5  # silence appended after each clip
-    length_bucket_seconds: float = 2.0  # input lengths are rounded up to a multiple of this
-    max_chunks: int = 20  # refuse audio longer than this many 30 s windows
-    show_progress: bool = True
 
 
 @dataclass

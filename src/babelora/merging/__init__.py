@@ -2,22 +2,34 @@
 
 - `ops`: pure tensor maths and the MERGE_METHODS registry (average, task_arithmetic, ties, dare,
   dare_ties, magnitude_prune, svd_lowrank, lors);
-- `recipe`: the YAML recipe dataclasses; `merge`: the streaming driver (`merge(recipe)`);
+- `recipe`: the YAML recipe dataclasses; `driver`: the streaming driver (`merge(recipe)`);
 - `sources`, `lora_io`, `inputs`, `io`, `report`: reading checkpoints and adapters, writing
   the output and merge_report.json.
 """
 
-from babelora.merging.merge import MergePlan, MergeResult, execute, merge, plan
-from babelora.merging.ops import MERGE_METHODS
-from babelora.merging.recipe import Recipe, load_recipe
+from __future__ import annotations
 
-__all__ = [
-    "MERGE_METHODS",
-    "MergePlan",
-    "MergeResult",
-    "Recipe",
-    "execute",
-    "load_recipe",
-    "merge",
-    "plan",
-]
+import importlib
+from typing import Any
+
+_HOME = {  # exported name -> the submodule it lives in, imported on first use (torch is slow
+    # to import, and `babelora score` or `babelora --help` should not pay for it)
+    "MERGE_METHODS": "ops",
+    "MergePlan": "driver",
+    "MergeResult": "driver",
+    "Recipe": "recipe",
+    "execute": "driver",
+    "load_recipe": "recipe",
+    "merge": "driver",
+    "plan": "driver",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -10,9 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from babelora.merging import merge
-from babelora.merging.recipe import load_recipe
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -43,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from babelora.merging.driver import merge  # torch: imported when a merge runs, not at start
+    from babelora.merging.recipe import load_recipe
+
     recipe = load_recipe(args.recipe, args.overrides)
     if args.ignore_base_mismatch:
         inputs = tuple(dataclasses.replace(s, check_base=False) for s in recipe.inputs)

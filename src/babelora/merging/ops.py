@@ -2,7 +2,7 @@
 
 A task tensor is one tensor of a task vector, tau_t = theta_t - theta_0 (fine-tuned minus base).
 Every method here maps N task tensors of one shape and N input weights w_t to one merged task
-tensor; the driver (`merge.py`) adds `scale * merged` to the base. No I/O, only torch.
+tensor; the driver (`driver.py`) adds `scale * merged` to the base. No I/O, only torch.
 
 Methods (registry names):
 - `average`: sum_t w_t tau_t / sum_t w_t.
